@@ -1,0 +1,228 @@
+"""Proto messages <-> domain values. Enum numbers live only here: the database stores
+names, and an unknown number from a client is an INVALID_ARGUMENT naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from dispatcher.domain.errors import InvalidInput
+from dispatcher.domain.model import (
+    Execution,
+    Job,
+    JobEvent,
+    JobFilter,
+    JobSpec,
+    Runner,
+    RunnerHello,
+    RunnerState,
+)
+from dispatcher.domain.states import DEFAULT_ON_LOST, JobState, OnLostPolicy, Outcome
+from dispatcher.v1 import admin_pb2, scheduler_pb2, types_pb2
+
+E = TypeVar("E")
+
+_JOB_STATE = {
+    types_pb2.JOB_STATE_NOTICED: JobState.NOTICED,
+    types_pb2.JOB_STATE_QUEUED: JobState.QUEUED,
+    types_pb2.JOB_STATE_BUILDING: JobState.BUILDING,
+    types_pb2.JOB_STATE_SUCCEEDED: JobState.SUCCEEDED,
+    types_pb2.JOB_STATE_FAILED: JobState.FAILED,
+    types_pb2.JOB_STATE_IRRECOVERABLE: JobState.IRRECOVERABLE,
+    types_pb2.JOB_STATE_CANCELLED: JobState.CANCELLED,
+    types_pb2.JOB_STATE_NOT_FOR_US: JobState.NOT_FOR_US,
+}
+_JOB_STATE_PB = {v: k for k, v in _JOB_STATE.items()}
+
+_ON_LOST = {
+    types_pb2.ON_LOST_POLICY_REQUEUE: OnLostPolicy.REQUEUE,
+    types_pb2.ON_LOST_POLICY_IRRECOVERABLE: OnLostPolicy.IRRECOVERABLE,
+    types_pb2.ON_LOST_POLICY_REQUEUE_UNTIL_COMMITTED: OnLostPolicy.REQUEUE_UNTIL_COMMITTED,
+}
+_ON_LOST_PB = {v: k for k, v in _ON_LOST.items()}
+
+_OUTCOME = {
+    types_pb2.OUTCOME_SUCCEEDED: Outcome.SUCCEEDED,
+    types_pb2.OUTCOME_FAILED: Outcome.FAILED,
+    types_pb2.OUTCOME_IRRECOVERABLE: Outcome.IRRECOVERABLE,
+    types_pb2.OUTCOME_CANCELLED: Outcome.CANCELLED,
+    types_pb2.OUTCOME_LOST: Outcome.LOST,
+}
+_OUTCOME_PB = {v: k for k, v in _OUTCOME.items()}
+
+_RUNNER_STATE_PB = {
+    RunnerState.ONLINE: types_pb2.RUNNER_STATE_ONLINE,
+    RunnerState.DRAINING: types_pb2.RUNNER_STATE_DRAINING,
+    RunnerState.OFFLINE: types_pb2.RUNNER_STATE_OFFLINE,
+}
+
+
+def _enum(table: Mapping[Any, E], value: int, field: str, enum_name: str) -> E:
+    try:
+        return table[value]
+    except KeyError:
+        names = ", ".join(
+            types_pb2.DESCRIPTOR.enum_types_by_name[enum_name].values_by_number[n].name
+            for n in sorted(table)
+        )
+        raise InvalidInput(f"{field}: unknown value {value}; use one of {names}") from None
+
+
+def _time(ts: Timestamp, *, present: bool) -> datetime | None:
+    if not present:
+        return None
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+# --- to the domain ----------------------------------------------------------------
+
+
+def spec_from_proto(spec: types_pb2.JobSpec) -> JobSpec:
+    on_lost = (
+        DEFAULT_ON_LOST
+        if spec.on_lost == types_pb2.ON_LOST_POLICY_UNSPECIFIED
+        else _enum(_ON_LOST, spec.on_lost, "spec.on_lost", "OnLostPolicy")
+    )
+    return JobSpec(
+        platform=spec.platform,
+        command=tuple(spec.command),
+        queue=spec.queue,
+        labels=frozenset(spec.labels),
+        payload=spec.payload,
+        priority=spec.priority,
+        not_before=_time(spec.not_before, present=spec.HasField("not_before")),
+        coalesce_keys=frozenset(spec.coalesce_keys),
+        dedupe_key=spec.dedupe_key,
+        idempotency_key=spec.idempotency_key,
+        origin_time=_time(spec.origin_time, present=spec.HasField("origin_time")),
+        distributor=spec.distributor,
+        on_lost=on_lost,
+    )
+
+
+def filter_from_proto(request: admin_pb2.ListJobsRequest) -> JobFilter:
+    return JobFilter(
+        states=frozenset(_enum(_JOB_STATE, s, "states", "JobState") for s in request.states),
+        queue=request.queue,
+        platform=request.platform,
+        labels=frozenset(request.labels),
+        runner=request.runner,
+        created_after=_time(request.created_after, present=request.HasField("created_after")),
+        created_before=_time(request.created_before, present=request.HasField("created_before")),
+    )
+
+
+def hello_from_proto(hello: scheduler_pb2.Hello) -> RunnerHello:
+    return RunnerHello(
+        name=hello.name,
+        platform=hello.platform,
+        labels=frozenset(hello.labels),
+        capacity=hello.capacity,
+        version=hello.version,
+        resume_token=hello.resume_token,
+    )
+
+
+def outcome_from_proto(value: int) -> Outcome:
+    return _enum(_OUTCOME, value, "result.outcome", "Outcome")
+
+
+# --- to the wire ------------------------------------------------------------------
+
+
+def spec_to_proto(spec: JobSpec) -> types_pb2.JobSpec:
+    return types_pb2.JobSpec(
+        queue=spec.queue,
+        platform=spec.platform,
+        labels=sorted(spec.labels),
+        command=list(spec.command),
+        payload=spec.payload,
+        priority=spec.priority,
+        not_before=_ts(spec.not_before),
+        coalesce_keys=sorted(spec.coalesce_keys),
+        dedupe_key=spec.dedupe_key,
+        idempotency_key=spec.idempotency_key,
+        origin_time=_ts(spec.origin_time),
+        distributor=spec.distributor,
+        on_lost=_ON_LOST_PB[spec.on_lost],
+    )
+
+
+def job_to_proto(job: Job) -> types_pb2.Job:
+    return types_pb2.Job(
+        id=job.id,
+        spec=spec_to_proto(job.spec),
+        state=_JOB_STATE_PB[job.state],
+        info=job.info,
+        attempt=job.attempt,
+        current_execution_id=job.current_execution_id or 0,
+        duplicate_of=job.duplicate_of or 0,
+        created_at=_ts(job.created_at),
+        updated_at=_ts(job.updated_at),
+        finished_at=_ts(job.finished_at),
+        executions=[execution_to_proto(e) for e in job.executions],
+        events=[event_to_proto(e) for e in job.events],
+        runner=job.runner,
+    )
+
+
+def execution_to_proto(execution: Execution) -> types_pb2.Execution:
+    return types_pb2.Execution(
+        id=execution.id,
+        job_id=execution.job_id,
+        number=execution.number,
+        runner=execution.runner,
+        session_id=execution.session_id or 0,
+        started_at=_ts(execution.started_at),
+        last_heartbeat_at=_ts(execution.last_heartbeat_at),
+        committed_at=_ts(execution.committed_at),
+        finished_at=_ts(execution.finished_at),
+        outcome=_OUTCOME_PB[execution.outcome]
+        if execution.outcome
+        else types_pb2.OUTCOME_UNSPECIFIED,
+        info=execution.info,
+        logtail=execution.logtail,
+        result=execution.result,
+    )
+
+
+def event_to_proto(event: JobEvent) -> types_pb2.JobEvent:
+    return types_pb2.JobEvent(
+        id=event.id,
+        job_id=event.job_id,
+        execution_id=event.execution_id or 0,
+        kind=event.kind,
+        from_state=_state_pb(event.from_state),
+        to_state=_state_pb(event.to_state),
+        actor=event.actor,
+        cause=event.cause,
+        at=_ts(event.at),
+    )
+
+
+def _state_pb(state: JobState | None) -> types_pb2.JobState.ValueType:
+    return _JOB_STATE_PB[state] if state else types_pb2.JOB_STATE_UNSPECIFIED
+
+
+def runner_to_proto(runner: Runner) -> types_pb2.Runner:
+    return types_pb2.Runner(
+        name=runner.name,
+        platform=runner.platform,
+        labels=sorted(runner.labels),
+        capacity=runner.capacity,
+        state=_RUNNER_STATE_PB[runner.state],
+        version=runner.version,
+        last_seen_at=_ts(runner.last_seen_at),
+        building=runner.building,
+    )

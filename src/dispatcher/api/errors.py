@@ -1,0 +1,103 @@
+"""The one table from domain errors to gRPC status codes, applied to every RPC by one
+interceptor. Unexpected errors are logged with an id; the client gets INTERNAL and the
+id only — never a trace, never SQL."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from sqlalchemy.exc import OperationalError
+
+from dispatcher.domain import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[errors.DispatcherError], grpc.StatusCode] = {
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_of(error: errors.DispatcherError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort_for(
+    exc: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str
+) -> None:
+    if isinstance(exc, errors.DispatcherError):
+        await context.abort(status_of(exc), str(exc))
+    if isinstance(exc, OperationalError):
+        incident = uuid.uuid4().hex[:12]
+        log.error("database unavailable in %s (incident %s)", method, incident, exc_info=exc)
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the database is unavailable; try again (incident {incident})",
+        )
+    incident = uuid.uuid4().hex[:12]
+    log.error("unexpected error in %s (incident %s)", method, incident, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")
+
+
+Handler = Callable[..., Any]
+
+
+def _wrap_unary(behavior: Handler, method: str) -> Handler:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort_for(exc, context, method)
+
+    return wrapper
+
+
+def _wrap_streaming(behavior: Handler, method: str) -> Handler:
+    async def wrapper(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort_for(exc, context, method)
+
+    return wrapper
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))  # type: ignore[attr-defined,no-any-return]
+        if handler.stream_unary is not None:
+            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method))  # type: ignore[attr-defined,no-any-return]
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=_wrap_streaming(handler.unary_stream, method))  # type: ignore[attr-defined,no-any-return]
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=_wrap_streaming(handler.stream_stream, method))  # type: ignore[attr-defined,no-any-return]
+        return handler

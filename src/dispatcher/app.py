@@ -1,0 +1,163 @@
+"""The one place that wires dispatcher together: database, use cases, hub, gRPC server.
+
+``create_server`` builds a server that is not yet serving (tests start it on port 0);
+``serve`` runs one until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from dispatcher.api.admin import AdminServicer, ServerIdentity
+from dispatcher.api.distributor import DistributorServicer
+from dispatcher.api.errors import ErrorMappingInterceptor
+from dispatcher.api.reflection import enable_reflection
+from dispatcher.api.scheduler import SchedulerServicer
+from dispatcher.domain.clock import Clock, SystemClock
+from dispatcher.domain.errors import Unavailable
+from dispatcher.lifecycle.batching import GroupCommit
+from dispatcher.lifecycle.context import Context
+from dispatcher.lifecycle.distributors import Distributors
+from dispatcher.lifecycle.executions import Executions
+from dispatcher.lifecycle.jobs import Jobs
+from dispatcher.lifecycle.sessions import Sessions
+from dispatcher.runners.hub import Hub, HubTiming
+from dispatcher.settings import Settings
+from dispatcher.store import migrate
+from dispatcher.store.database import Database
+from dispatcher.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    distributor_pb2,
+    distributor_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+    scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name,
+    distributor_pb2.DESCRIPTOR.services_by_name["Distributor"].full_name,
+)
+
+
+@dataclass
+class Server:
+    """A built dispatcher: call ``start``, then ``stop``."""
+
+    settings: Settings
+    db: Database
+    grpc_server: grpc.aio.Server
+    hub: Hub
+    commits: GroupCommit
+    health: HealthServicer
+    port: int
+
+    async def start(self) -> None:
+        self.commits.start()
+        await self.hub.start()
+        await self.grpc_server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("dispatcher serving on port %d (%s)", self.port, self.db.kind)
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.hub.stop()
+        await self.grpc_server.stop(self.settings.shutdown_grace_seconds)
+        await self.commits.stop()
+        self.db.close()
+        log.info("dispatcher stopped")
+
+
+def prepare_database(settings: Settings) -> Database:
+    """Open the database and make sure its schema is current (or say how to make it so)."""
+    db = Database(settings.database_url)
+    if not migrate.is_up_to_date(db):
+        auto = settings.migrate_on_start
+        if auto is None:
+            auto = db.kind == "sqlite"
+        if not auto:
+            db.close()
+            raise Unavailable(
+                "the database schema is not current: run `dispatcher migrate` "
+                "(or start with --migrate)"
+            )
+        log.info("applying database migrations")
+        migrate.upgrade(db)
+    return db
+
+
+async def create_server(settings: Settings, *, clock: Clock | None = None) -> Server:
+    clock = clock or SystemClock()
+    db = await asyncio.to_thread(prepare_database, settings)
+    replica_id = f"{uuid.uuid4().hex[:12]}"
+    commits = GroupCommit(db)
+    ctx = Context(
+        db=db, clock=clock, limits=settings.limits.domain(), replica_id=replica_id, commits=commits
+    )
+    jobs = Jobs(ctx)
+    executions = Executions(ctx)
+    sessions = Sessions(ctx, lease=settings.replica_lease)
+    hub = Hub(jobs, executions, sessions, HubTiming(heartbeat_interval=settings.heartbeat_interval))
+    ctx.wakeups.append(hub.wake)
+
+    max_bytes = settings.limits.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            # Find dead runners at the transport level too (SPEC §6): ping idle
+            # connections, and let runners ping us while they hold no calls.
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ],
+    )
+    identity = ServerIdentity(replica_id=replica_id, database=db.kind, started_at=clock.now())
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminServicer(jobs, sessions, hub, clock, identity), server
+    )
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(hub), server)
+    distributor_pb2_grpc.add_DistributorServicer_to_server(
+        DistributorServicer(Distributors(ctx)), server
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    enable_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        db.close()
+        raise Unavailable(f"cannot listen on {settings.listen}: address in use or invalid")
+    return Server(settings, db, server, hub, commits, health, port)
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Run a dispatcher until SIGTERM or SIGINT, then shut down gracefully."""
+    server = await create_server(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    print(f"dispatcher listening on port {server.port} ({server.db.kind})", flush=True)
+    await stop.wait()
+    log.info("signal received; shutting down")
+    await server.stop()

@@ -1,0 +1,87 @@
+"""Commands that run against the database directly: serve, migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+
+from dispatcher.domain.errors import DispatcherError
+from dispatcher.settings import Settings
+
+_config = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="DISPATCHER_CONFIG",
+    help="TOML config file (see dispatcher.example.toml).",
+)
+_database = click.option(
+    "--database",
+    "database_url",
+    metavar="URL",
+    help="SQLAlchemy database URL [default: sqlite:///dispatcher.db; env DISPATCHER_DATABASE_URL]",
+)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(serve)
+    group.add_command(migrate)
+
+
+@click.command()
+@_config
+@_database
+@click.option("--listen", metavar="HOST:PORT", help="gRPC address [default: 127.0.0.1:50051].")
+@click.option(
+    "--migrate/--no-migrate",
+    "migrate_on_start",
+    default=None,
+    help="Apply pending migrations first [default: yes on SQLite, no on PostgreSQL].",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
+def serve(
+    config_path: Path | None,
+    database_url: str | None,
+    listen: str | None,
+    migrate_on_start: bool | None,
+    verbose: bool,
+) -> None:
+    """Run the dispatcher until SIGTERM or SIGINT."""
+    from dispatcher.app import serve as run
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = Settings.load(
+        config_path, database_url=database_url, listen=listen, migrate_on_start=migrate_on_start
+    )
+    try:
+        asyncio.run(run(settings))
+    except DispatcherError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@_config
+@_database
+def migrate(config_path: Path | None, database_url: str | None) -> None:
+    """Bring the database schema up to date."""
+    from dispatcher.store import migrate as migrations
+    from dispatcher.store.database import Database
+
+    settings = Settings.load(config_path, database_url=database_url)
+    db = Database(settings.database_url)
+    try:
+        before = migrations.current_revision(db)
+        migrations.upgrade(db)
+        after = migrations.current_revision(db)
+    finally:
+        db.close()
+    if before == after:
+        click.echo(f"schema already current (revision {after})")
+    else:
+        click.echo(f"schema migrated from {before or 'empty'} to {after}")

@@ -1,0 +1,165 @@
+"""What runners report about the executions they hold: accept, refuse, heartbeat,
+commit point, cancel-ack, result. Every report is fenced: it applies only to an open
+execution of the reporting session that is still its job's current execution; anything
+else is refused and recorded in the job's history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from dispatcher.domain.errors import InvalidInput
+from dispatcher.domain.model import Execution, Job, ResultReport, Verdict
+from dispatcher.domain.states import (
+    CONFIRM_CANCEL,
+    OUTCOME_TRANSITIONS,
+    REFUSE,
+    JobState,
+    Outcome,
+)
+from dispatcher.lifecycle.context import Context
+from dispatcher.lifecycle.transitions import apply, event_row, refuse_stale
+from dispatcher.store import jobs as store
+
+
+class Executions:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    async def report_result(self, session_id: int, runner: str, report: ResultReport) -> Verdict:
+        if report.outcome not in OUTCOME_TRANSITIONS:
+            raise InvalidInput(
+                "result.outcome must be SUCCEEDED, FAILED or IRRECOVERABLE, "
+                f"not {report.outcome.value}"
+            )
+        return await self._ctx.commits.submit(
+            lambda conn: self._result(conn, session_id, runner, report)
+        )
+
+    def _result(
+        self, conn: Connection, session_id: int, runner: str, report: ResultReport
+    ) -> Verdict:
+        now = self._ctx.clock.now()
+        fenced = _fence(conn, session_id, report.execution_id, now, runner, "result")
+        if isinstance(fenced, Verdict):
+            return fenced
+        job, _ = fenced
+        transition = OUTCOME_TRANSITIONS[report.outcome]
+        store.finish_execution(
+            conn,
+            report.execution_id,
+            report.outcome,
+            now,
+            info=report.info,
+            logtail=report.logtail,
+            result=report.data,
+        )
+        apply(conn, job, transition, now, actor=f"runner:{runner}", cause=report.info)
+        return Verdict(True, job_id=job.id, new_state=transition.target)
+
+    async def accept(self, session_id: int, runner: str, execution_id: int) -> Verdict:
+        def work(conn: Connection) -> Verdict:
+            now = self._ctx.clock.now()
+            fenced = _fence(conn, session_id, execution_id, now, runner, "accept")
+            if isinstance(fenced, Verdict):
+                return fenced
+            store.mark_execution(conn, execution_id, "accepted_at", now)
+            return Verdict(True, job_id=fenced[0].id)
+
+        return await self._ctx.commits.submit(work)
+
+    async def commit_point(self, session_id: int, runner: str, execution_id: int) -> Verdict:
+        def work(conn: Connection) -> Verdict:
+            now = self._ctx.clock.now()
+            fenced = _fence(conn, session_id, execution_id, now, runner, "commit point")
+            if isinstance(fenced, Verdict):
+                return fenced
+            job, _ = fenced
+            if store.mark_execution(conn, execution_id, "committed_at", now):
+                store.insert_events(
+                    conn,
+                    [
+                        event_row(
+                            job.id,
+                            "commit-point",
+                            now,
+                            actor=f"runner:{runner}",
+                            cause="the irreversible step started",
+                            execution_id=execution_id,
+                        )
+                    ],
+                )
+            return Verdict(True, job_id=job.id)
+
+        return await self._ctx.commits.submit(work)
+
+    async def refuse(self, session_id: int, runner: str, execution_id: int, reason: str) -> Verdict:
+        def work(conn: Connection) -> Verdict:
+            now = self._ctx.clock.now()
+            fenced = _fence(conn, session_id, execution_id, now, runner, "refusal")
+            if isinstance(fenced, Verdict):
+                return fenced
+            job, _ = fenced
+            cause = f"refused by runner {runner}: {reason or 'no reason given'}"
+            store.finish_execution(conn, execution_id, Outcome.LOST, now, info=cause)
+            apply(conn, job, REFUSE, now, actor=f"runner:{runner}", cause=cause)
+            return Verdict(True, job_id=job.id, new_state=JobState.QUEUED)
+
+        verdict = await self._ctx.commits.submit(work)
+        if verdict.applied:
+            self._ctx.wake()
+        return verdict
+
+    async def cancel_ack(self, session_id: int, runner: str, execution_id: int) -> Verdict:
+        def work(conn: Connection) -> Verdict:
+            now = self._ctx.clock.now()
+            fenced = _fence(conn, session_id, execution_id, now, runner, "cancel-ack")
+            if isinstance(fenced, Verdict):
+                return fenced
+            job, _ = fenced
+            cause = "the runner stopped it" if job.cancel_requested else "stopped by the runner"
+            store.finish_execution(conn, execution_id, Outcome.CANCELLED, now, info=cause)
+            apply(conn, job, CONFIRM_CANCEL, now, actor=f"runner:{runner}", cause=cause)
+            return Verdict(True, job_id=job.id, new_state=JobState.CANCELLED)
+
+        return await self._ctx.commits.submit(work)
+
+    async def heartbeat(
+        self,
+        session_id: int,
+        progress: Sequence[tuple[int, str | None, int | None]],
+    ) -> None:
+        def work(conn: Connection) -> None:
+            store.touch_executions(conn, session_id, progress, self._ctx.clock.now())
+
+        await self._ctx.commits.submit(work)
+
+
+def _fence(
+    conn: Connection, session_id: int, execution_id: int, now: datetime, runner: str, what: str
+) -> tuple[Job, Execution] | Verdict:
+    """The job and execution when ``execution_id`` may speak for its job; otherwise the
+    refusal (recorded in the job's history when the job exists)."""
+    if execution_id <= 0:
+        return Verdict(False, f"{what} without an execution id refused")
+    execution = store.get_execution(conn, execution_id)
+    if execution is None:
+        return Verdict(False, f"execution {execution_id} does not exist; {what} refused")
+    job = store.get_job(conn, execution.job_id, for_update=True)
+    actor = f"runner:{runner}"
+    if (
+        job is None
+        or job.state is not JobState.BUILDING
+        or job.current_execution_id != execution_id
+        or execution.finished_at is not None
+    ):
+        reason = refuse_stale(conn, execution.job_id, execution_id, now, actor=actor, what=what)
+        return Verdict(False, reason, job_id=execution.job_id)
+    if execution.session_id != session_id:
+        reason = refuse_stale(
+            conn, job.id, execution_id, now, actor=actor, what=f"{what} from another session"
+        )
+        return Verdict(False, reason, job_id=job.id)
+    return job, execution

@@ -1,0 +1,82 @@
+"""One typed settings object. Sources, later ones winning: defaults, a TOML config file,
+environment variables (DISPATCHER_*), command-line flags."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dispatcher.domain.validation import Limits
+from dispatcher.store.database import DEFAULT_URL
+
+
+class LimitSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent."
+    )
+    max_labels: int = Field(64, ge=1, description="Labels per job or runner.")
+    max_payload_bytes: int = Field(1024 * 1024, ge=0, description="Job payload size.")
+    max_batch_size: int = Field(1000, ge=1, description="Jobs per SubmitJobs call.")
+
+    def domain(self) -> Limits:
+        return Limits(
+            max_labels=self.max_labels,
+            max_payload_bytes=self.max_payload_bytes,
+            max_batch_size=self.max_batch_size,
+        )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DISPATCHER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    database_url: str = Field(
+        DEFAULT_URL,
+        description="SQLAlchemy URL. Default: a SQLite file in the working directory. "
+        "PostgreSQL: postgresql+psycopg2://user@host:5432/dbname",
+    )
+    listen: str = Field("127.0.0.1:50051", description="gRPC address, host:port (port 0: any).")
+    heartbeat_interval_seconds: float = Field(
+        10.0, gt=0, description="How often runners send heartbeats (told to them in Welcome)."
+    )
+    replica_lease_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="How long this replica's liveness row stays valid unrenewed; "
+        "after it, survivors take over its runners' jobs.",
+    )
+    migrate_on_start: bool | None = Field(
+        None,
+        description="Apply pending migrations at start-up. Default: yes on SQLite, "
+        "no on PostgreSQL (run `dispatcher migrate` as a deploy step).",
+    )
+    shutdown_grace_seconds: float = Field(
+        5.0, ge=0, description="How long a stopping server lets RPCs in flight finish."
+    )
+    limits: LimitSettings = Field(default_factory=lambda: LimitSettings())
+
+    @property
+    def heartbeat_interval(self) -> timedelta:
+        return timedelta(seconds=self.heartbeat_interval_seconds)
+
+    @property
+    def replica_lease(self) -> timedelta:
+        return timedelta(seconds=self.replica_lease_seconds)
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides: Any) -> Settings:
+        """Settings from an optional TOML file, the environment, then ``overrides``."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            with path.open("rb") as f:
+                values = tomllib.load(f)
+        settings = cls(**values)
+        return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})

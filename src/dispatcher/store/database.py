@@ -1,0 +1,82 @@
+"""The database handle: engine set-up per dialect, transactions, and a thread pool that
+keeps blocking database work off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+T = TypeVar("T")
+
+DEFAULT_URL = "sqlite:///dispatcher.db"
+
+
+class Database:
+    """One engine and one executor. SQLite gets a single worker thread: it has one writer
+    anyway, and serialising in-process avoids busy waits. PostgreSQL gets a small pool."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, workers: int | None = None) -> None:
+        self.url = make_url(url)
+        self.kind = "sqlite" if self.url.get_backend_name() == "sqlite" else "postgresql"
+        self.engine = _create_engine(url, self.kind)
+        size = workers or (1 if self.kind == "sqlite" else 4)
+        self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="db")
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.kind == "postgresql"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection in a transaction: committed when the block ends, rolled back on error."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def run_sync(self, work: Callable[[Connection], T]) -> T:
+        with self.transaction() as conn:
+            return work(conn)
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one transaction on a database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run_sync, work)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking function on a database thread (for work that owns its transactions)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()
+
+
+def _create_engine(url: str, kind: str) -> Engine:
+    if kind == "postgresql":
+        return create_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    # pysqlite's own transaction handling starts transactions late and never for
+    # SELECT; take control so every transaction is BEGIN IMMEDIATE: one writer at a
+    # time, no upgrade deadlocks between a reader and a writer.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

@@ -1,0 +1,164 @@
+"""Named queries about runners, their sessions and the replicas that hold them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from dispatcher.domain.model import Runner, RunnerHello, RunnerState
+from dispatcher.store.tables import executions, replicas, runner_sessions, runners
+
+_R = runners.c
+_S = runner_sessions.c
+
+
+def upsert_runner(conn: Connection, hello: RunnerHello, state: RunnerState, now: datetime) -> None:
+    values: dict[str, Any] = {
+        "platform": hello.platform,
+        "labels": sorted(hello.labels),
+        "capacity": hello.capacity,
+        "state": state.value,
+        "version": hello.version,
+        "last_seen_at": now,
+    }
+    updated = conn.execute(update(runners).where(_R.name == hello.name).values(values))
+    if updated.rowcount == 0:
+        conn.execute(insert(runners).values(name=hello.name, **values))
+
+
+def runner_state(conn: Connection, name: str) -> RunnerState | None:
+    value = conn.execute(select(_R.state).where(_R.name == name)).scalar_one_or_none()
+    return RunnerState(value) if value else None
+
+
+def set_runner_state(conn: Connection, name: str, state: RunnerState, now: datetime) -> bool:
+    res = conn.execute(
+        update(runners).where(_R.name == name).values(state=state.value, last_seen_at=now)
+    )
+    return res.rowcount == 1
+
+
+def list_runners(conn: Connection) -> list[Runner]:
+    building = (
+        select(executions.c.runner_name, func.count().label("n"))
+        .where(executions.c.finished_at.is_(None))
+        .group_by(executions.c.runner_name)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(runners, func.coalesce(building.c.n, 0).label("building"))
+        .select_from(runners.outerjoin(building, building.c.runner_name == _R.name))
+        .order_by(_R.state != RunnerState.OFFLINE.value, _R.name)
+    )
+    result = [
+        Runner(
+            name=r.name,
+            platform=r.platform,
+            labels=frozenset(r.labels),
+            capacity=r.capacity,
+            state=RunnerState(r.state),
+            version=r.version,
+            last_seen_at=r.last_seen_at,
+            building=r.building,
+        )
+        for r in rows
+    ]
+    # Online and draining runners first, then offline ones; by name within each.
+    return sorted(result, key=lambda r: (r.state is RunnerState.OFFLINE, r.name))
+
+
+def open_session(
+    conn: Connection, runner: str, replica_id: str, resume_token_hash: str, now: datetime
+) -> int:
+    return int(
+        conn.execute(
+            insert(runner_sessions).returning(_S.id),
+            {
+                "runner_name": runner,
+                "replica_id": replica_id,
+                "resume_token_hash": resume_token_hash,
+                "opened_at": now,
+            },
+        ).scalar_one()
+    )
+
+
+def lock_open_session(conn: Connection, session_id: int) -> bool:
+    """Whether the session is still open, holding its row until the transaction ends so
+    that a concurrent close waits for this transaction (and then sees its executions)."""
+    query = select(_S.id).where(_S.id == session_id, _S.closed_at.is_(None))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return conn.execute(query).first() is not None
+
+
+def open_sessions_of_runner(conn: Connection, runner: str) -> list[int]:
+    rows = conn.execute(select(_S.id).where(_S.runner_name == runner, _S.closed_at.is_(None)))
+    return list(rows.scalars())
+
+
+def close_session(conn: Connection, session_id: int, reason: str, now: datetime) -> bool:
+    # UPDATE takes the row lock that lock_open_session holds during a claim.
+    res = conn.execute(
+        update(runner_sessions)
+        .where(_S.id == session_id, _S.closed_at.is_(None))
+        .values(closed_at=now, close_reason=reason)
+    )
+    return res.rowcount == 1
+
+
+def session_runner(conn: Connection, session_id: int) -> str | None:
+    value: str | None = conn.execute(
+        select(_S.runner_name).where(_S.id == session_id)
+    ).scalar_one_or_none()
+    return value
+
+
+# --- replicas ---------------------------------------------------------------------
+
+
+def register_replica(
+    conn: Connection, replica_id: str, version: str, now: datetime, lease_until: datetime
+) -> None:
+    conn.execute(
+        insert(replicas).values(
+            id=replica_id, version=version, started_at=now, lease_until=lease_until
+        )
+    )
+
+
+def renew_replica(conn: Connection, replica_id: str, lease_until: datetime) -> bool:
+    res = conn.execute(
+        update(replicas).where(replicas.c.id == replica_id).values(lease_until=lease_until)
+    )
+    return res.rowcount == 1
+
+
+def remove_replica(conn: Connection, replica_id: str) -> None:
+    conn.execute(delete(replicas).where(replicas.c.id == replica_id))
+
+
+def live_replica_count(conn: Connection, now: datetime) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(replicas).where(replicas.c.lease_until >= now)
+        ).scalar_one()
+    )
+
+
+def orphaned_open_sessions(conn: Connection, now: datetime) -> list[int]:
+    """Open sessions whose replica is gone: its lease expired, or it has no row at all."""
+    live = select(replicas.c.id).where(replicas.c.lease_until >= now)
+    rows = conn.execute(select(_S.id).where(_S.closed_at.is_(None), _S.replica_id.not_in(live)))
+    return list(rows.scalars())
+
+
+def mark_runners_offline_without_sessions(conn: Connection, now: datetime) -> None:
+    open_names = select(_S.runner_name).where(_S.closed_at.is_(None))
+    conn.execute(
+        update(runners)
+        .where(_R.name.not_in(open_names), _R.state != RunnerState.OFFLINE.value)
+        .values(state=RunnerState.OFFLINE.value, last_seen_at=now)
+    )

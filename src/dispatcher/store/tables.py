@@ -1,0 +1,219 @@
+"""SQLAlchemy tables: the schema of record. Alembic migrations must produce exactly this
+(tests/store/test_migrations.py checks it on SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from dispatcher.domain.model import RunnerState
+from dispatcher.domain.states import JobState, OnLostPolicy, Outcome
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC (SQLite has no time zones); always read back timezone-aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use an aware UTC time")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+
+def _one_of(column: str, values: type[Any]) -> str:
+    quoted = ", ".join(f"'{v.value}'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("queue", String(128), nullable=False, server_default=""),
+    Column("platform", String(128), nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("command", JSON, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("not_before", UtcDateTime, nullable=False),
+    Column("coalesce_keys", JSON, nullable=False),
+    Column("dedupe_key", String(128)),
+    Column("idempotency_key", String(128), unique=True),
+    Column("origin_time", UtcDateTime),
+    Column("distributor", String(128), nullable=False, server_default=""),
+    Column("on_lost", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("info", Text, nullable=False, server_default=""),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    # Not a foreign key: executions point at jobs, and a cycle would complicate every
+    # insert. The store keeps it equal to the newest execution of the job, or NULL.
+    Column("current_execution_id", BigInteger),
+    Column("duplicate_of", Id, ForeignKey("jobs.id")),
+    Column("cancel_requested_at", UtcDateTime),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime),
+    CheckConstraint(_one_of("state", JobState), name="state"),
+    CheckConstraint(_one_of("on_lost", OnLostPolicy), name="on_lost"),
+    CheckConstraint("attempt >= 0", name="attempt"),
+    # A BUILDING job always has its execution; no other state may hold one open.
+    CheckConstraint(
+        "state <> 'BUILDING' OR current_execution_id IS NOT NULL", name="building_has_execution"
+    ),
+)
+
+# The claim order of SPEC §5.2, for waiting jobs only: choosing the next job reads the
+# head of this index instead of sorting the queue.
+Index(
+    "ix_jobs_claim_order",
+    jobs.c.platform,
+    jobs.c.priority.desc(),
+    jobs.c.not_before,
+    jobs.c.id,
+    sqlite_where=text("state = 'QUEUED'"),
+    postgresql_where=text("state = 'QUEUED'"),
+)
+Index("ix_jobs_state", jobs.c.state)
+Index(
+    "ix_jobs_due",
+    jobs.c.not_before,
+    sqlite_where=text("state = 'NOTICED'"),
+    postgresql_where=text("state = 'NOTICED'"),
+)
+
+job_labels = Table(
+    "job_labels",
+    metadata,
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("label", String(128), primary_key=True),
+)
+Index("ix_job_labels_label", job_labels.c.label, job_labels.c.job_id)
+
+runners = Table(
+    "runners",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("platform", String(128), nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("capacity", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("version", String(128), nullable=False, server_default=""),
+    Column("last_seen_at", UtcDateTime, nullable=False),
+    CheckConstraint(_one_of("state", RunnerState), name="state"),
+    CheckConstraint("capacity >= 1", name="capacity"),
+)
+
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("version", String(64), nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    # Survivors take over this replica's sessions once lease_until has passed.
+    Column("lease_until", UtcDateTime, nullable=False),
+)
+
+runner_sessions = Table(
+    "runner_sessions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("runner_name", String(128), ForeignKey("runners.name"), nullable=False),
+    Column("replica_id", String(64), nullable=False),
+    Column("resume_token_hash", String(64), nullable=False),
+    Column("opened_at", UtcDateTime, nullable=False),
+    Column("closed_at", UtcDateTime),
+    Column("close_reason", Text),
+)
+Index(
+    "ix_runner_sessions_open",
+    runner_sessions.c.replica_id,
+    sqlite_where=text("closed_at IS NULL"),
+    postgresql_where=text("closed_at IS NULL"),
+)
+
+executions = Table(
+    "executions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("runner_name", String(128), nullable=False, server_default=""),
+    Column("session_id", Id, ForeignKey("runner_sessions.id")),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("accepted_at", UtcDateTime),
+    Column("last_heartbeat_at", UtcDateTime),
+    Column("committed_at", UtcDateTime),
+    Column("finished_at", UtcDateTime),
+    Column("outcome", String(16)),
+    Column("info", Text, nullable=False, server_default=""),
+    Column("logtail", Text, nullable=False, server_default=""),
+    Column("progress_percent", Integer, nullable=False, server_default="-1"),
+    Column("result", LargeBinary, nullable=False),
+    CheckConstraint(_one_of("outcome", Outcome) + " OR outcome IS NULL", name="outcome"),
+    CheckConstraint("(outcome IS NULL) = (finished_at IS NULL)", name="finished_has_outcome"),
+)
+Index("uq_executions_job_id_number", executions.c.job_id, executions.c.number, unique=True)
+Index(
+    "ix_executions_open_by_session",
+    executions.c.session_id,
+    sqlite_where=text("finished_at IS NULL"),
+    postgresql_where=text("finished_at IS NULL"),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("execution_id", BigInteger),
+    Column("kind", String(32), nullable=False),
+    Column("from_state", String(16)),
+    Column("to_state", String(16)),
+    Column("actor", String(160), nullable=False),
+    Column("cause", Text, nullable=False, server_default=""),
+    Column("at", UtcDateTime, nullable=False),
+)
+Index("ix_job_events_job_id", job_events.c.job_id, job_events.c.id)
