@@ -26,10 +26,12 @@ class Limits:
 
 def _check_name(value: str, what: str, limits: Limits) -> None:
     if len(value) > limits.max_label_length:
-        raise LimitExceeded(f"{what} {value[:40]!r}... is longer than {limits.max_label_length}")
+        raise LimitExceeded(
+            f"{what}: {value[:40]!r}... is longer than the limit of {limits.max_label_length}"
+        )
     if not _NAME.match(value):
         raise InvalidInput(
-            f"{what} {value!r} is not valid: use letters, digits and . _ : / = + -, "
+            f"{what}: {value!r} is not valid: use letters, digits and . _ : / = + -, "
             "starting with a letter or digit"
         )
 
@@ -40,7 +42,7 @@ def _check_labels(labels: frozenset[str], what: str, limits: Limits) -> None:
             f"{what}: {len(labels)} labels, more than the limit of {limits.max_labels}"
         )
     for label in sorted(labels):
-        _check_name(label, f"{what[:-1]}", limits)
+        _check_name(label, what, limits)
 
 
 def check_spec(spec: JobSpec, limits: Limits) -> None:

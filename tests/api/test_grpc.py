@@ -1,0 +1,309 @@
+"""The three services over real gRPC on loopback, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from sqlalchemy import func, select
+
+from dispatcher.app import Server
+from dispatcher.store.database import Database
+from dispatcher.store.tables import job_events, jobs
+from dispatcher.v1 import (
+    admin_pb2,
+    distributor_pb2,
+    distributor_pb2_grpc,
+    scheduler_pb2,
+    types_pb2,
+)
+from tests.support.eventually import eventually
+from tests.support.server import admin, connect_runner, running_server
+
+LINUX = "linux/x86_64"
+
+
+@pytest.fixture
+async def server(database_url: str) -> AsyncIterator[Server]:
+    async with running_server(database_url) as built:
+        yield built
+
+
+@pytest.fixture
+async def channel(server: Server) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        yield ch
+
+
+def job_spec(*command: str, **kw: object) -> types_pb2.JobSpec:
+    return types_pb2.JobSpec(platform=LINUX, command=list(command or ("true",)), **kw)  # type: ignore[arg-type]
+
+
+def row_counts(db: Database) -> tuple[int, int]:
+    with db.transaction() as conn:
+        return (
+            conn.execute(select(func.count()).select_from(jobs)).scalar_one(),
+            conn.execute(select(func.count()).select_from(job_events)).scalar_one(),
+        )
+
+
+async def test_a_job_runs_on_a_runner_stream(channel: grpc.aio.Channel) -> None:
+    runner, welcome = await connect_runner(channel, "r1")
+    assert welcome.session_id > 0
+    assert welcome.resume_token
+    assert welcome.heartbeat_interval.seconds == 10
+    submitted = await admin(channel).SubmitJob(
+        admin_pb2.SubmitJobRequest(spec=job_spec("echo", "hello", queue="demo"))
+    )
+    assert submitted.created
+    assert submitted.job.state == types_pb2.JOB_STATE_QUEUED
+
+    message = await runner.next()
+    assert message.WhichOneof("message") == "assign"
+    assign = message.assign
+    assert assign.job.id == submitted.job.id
+    assert list(assign.job.spec.command) == ["echo", "hello"]
+    await runner.send(accept=scheduler_pb2.Accept(execution_id=assign.execution_id))
+    await runner.send(
+        heartbeat=scheduler_pb2.Heartbeat(
+            executions=[
+                scheduler_pb2.ExecutionProgress(
+                    execution_id=assign.execution_id, logtail="hel", progress_percent=50
+                )
+            ]
+        )
+    )
+    await runner.send(
+        result=scheduler_pb2.Result(
+            execution_id=assign.execution_id,
+            outcome=types_pb2.OUTCOME_SUCCEEDED,
+            info="exit status 0",
+            logtail="hello\n",
+        )
+    )
+    ack = await runner.next()
+    assert ack.result_ack.execution_id == assign.execution_id
+    assert ack.result_ack.applied
+
+    job = (await admin(channel).GetJob(admin_pb2.GetJobRequest(id=submitted.job.id))).job
+    assert job.state == types_pb2.JOB_STATE_SUCCEEDED
+    assert job.info == "exit status 0"
+    assert [e.kind for e in job.events] == ["submitted", "started", "finished"]
+    assert job.executions[0].logtail == "hello\n"
+    assert job.executions[0].runner == "r1"
+    listed = await admin(channel).ListJobs(
+        admin_pb2.ListJobsRequest(states=[types_pb2.JOB_STATE_SUCCEEDED], queue="demo")
+    )
+    assert [j.id for j in listed.jobs] == [job.id]
+    runners = await admin(channel).ListRunners(admin_pb2.ListRunnersRequest())
+    assert [(r.name, r.state) for r in runners.runners] == [("r1", types_pb2.RUNNER_STATE_ONLINE)]
+    await runner.call.done_writing()
+
+
+async def test_a_stream_that_dies_requeues_its_job_to_another_runner(
+    channel: grpc.aio.Channel,
+) -> None:
+    first, _ = await connect_runner(channel, "r1")
+    submitted = await admin(channel).SubmitJob(
+        admin_pb2.SubmitJobRequest(spec=job_spec(on_lost=types_pb2.ON_LOST_POLICY_REQUEUE))
+    )
+    assert (await first.next()).WhichOneof("message") == "assign"
+    first.call.cancel()  # the connection drops mid-build
+
+    second, _ = await connect_runner(channel, "r2")
+    assign = (await second.next()).assign
+    assert assign.job.id == submitted.job.id
+    assert assign.job.attempt == 2
+    job = (await admin(channel).GetJob(admin_pb2.GetJobRequest(id=assign.job.id))).job
+    assert "reclaimed" in [e.kind for e in job.events]
+    second.call.cancel()
+
+
+async def test_cancel_reaches_the_runner_and_completes_on_ack(channel: grpc.aio.Channel) -> None:
+    runner, _ = await connect_runner(channel, "r1")
+    submitted = await admin(channel).SubmitJob(
+        admin_pb2.SubmitJobRequest(spec=job_spec("sleep", "60"))
+    )
+    assign = (await runner.next()).assign
+    response = await admin(channel).CancelJob(
+        admin_pb2.CancelJobRequest(id=submitted.job.id, reason="wrong branch")
+    )
+    assert response.job.state == types_pb2.JOB_STATE_BUILDING
+    cancel = (await runner.next()).cancel
+    assert cancel.execution_id == assign.execution_id
+    assert cancel.reason == "wrong branch"
+    await runner.send(cancel_ack=scheduler_pb2.CancelAck(execution_id=assign.execution_id))
+
+    async def cancelled() -> bool:
+        job = (await admin(channel).GetJob(admin_pb2.GetJobRequest(id=submitted.job.id))).job
+        return job.state == types_pb2.JOB_STATE_CANCELLED
+
+    await eventually(cancelled)
+    runner.call.cancel()
+
+
+async def test_a_result_for_an_unknown_execution_is_refused(channel: grpc.aio.Channel) -> None:
+    runner, _ = await connect_runner(channel, "r1")
+    await runner.send(
+        result=scheduler_pb2.Result(execution_id=999, outcome=types_pb2.OUTCOME_SUCCEEDED)
+    )
+    ack = (await runner.next()).result_ack
+    assert not ack.applied
+    assert "does not exist" in ack.reason
+    runner.call.cancel()
+
+
+async def test_the_first_message_must_be_hello(channel: grpc.aio.Channel) -> None:
+    from dispatcher.v1 import scheduler_pb2_grpc
+
+    call = scheduler_pb2_grpc.SchedulerStub(channel).Connect()
+    await call.write(scheduler_pb2.ConnectRequest(heartbeat=scheduler_pb2.Heartbeat()))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must be a Hello" in (caught.value.details() or "")
+
+
+async def test_a_bad_hello_is_invalid_argument(channel: grpc.aio.Channel) -> None:
+    from dispatcher.v1 import scheduler_pb2_grpc
+
+    call = scheduler_pb2_grpc.SchedulerStub(channel).Connect()
+    await call.write(
+        scheduler_pb2.ConnectRequest(
+            hello=scheduler_pb2.Hello(name="r1", platform=LINUX, capacity=0)
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "capacity must be between 1 and" in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("method", "request_message", "code", "message"),
+    [
+        (
+            "SubmitJob",
+            admin_pb2.SubmitJobRequest(),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.platform is required",
+        ),
+        (
+            "SubmitJob",
+            admin_pb2.SubmitJobRequest(spec=types_pb2.JobSpec(platform=LINUX)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.command is required",
+        ),
+        (
+            "SubmitJob",
+            admin_pb2.SubmitJobRequest(spec=job_spec(on_lost=99)),  # type: ignore[arg-type]
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.on_lost: unknown value 99",
+        ),
+        (
+            "SubmitJob",
+            admin_pb2.SubmitJobRequest(spec=job_spec(labels=["a b"])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.labels: 'a b' is not valid",
+        ),
+        (
+            "SubmitJob",
+            admin_pb2.SubmitJobRequest(spec=job_spec(payload=b"x" * (1024 * 1024 + 1))),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "spec.payload is larger than the limit",
+        ),
+        (
+            "SubmitJobs",
+            admin_pb2.SubmitJobsRequest(),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "no jobs given",
+        ),
+        (
+            "SubmitJobs",
+            admin_pb2.SubmitJobsRequest(specs=[job_spec(), types_pb2.JobSpec()]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "job 1: spec.platform is required",
+        ),
+        ("GetJob", admin_pb2.GetJobRequest(), grpc.StatusCode.INVALID_ARGUMENT, "id is required"),
+        (
+            "GetJob",
+            admin_pb2.GetJobRequest(id=424242),
+            grpc.StatusCode.NOT_FOUND,
+            "job 424242 does not exist",
+        ),
+        (
+            "CancelJob",
+            admin_pb2.CancelJobRequest(id=424242),
+            grpc.StatusCode.NOT_FOUND,
+            "job 424242 does not exist",
+        ),
+        (
+            "ListJobs",
+            admin_pb2.ListJobsRequest(states=[42]),  # type: ignore[list-item]
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "states: unknown value 42",
+        ),
+        (
+            "ListJobs",
+            admin_pb2.ListJobsRequest(page_size=5000),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_size must be between 1 and 1000",
+        ),
+        (
+            "ListJobs",
+            admin_pb2.ListJobsRequest(page_token="nope"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token is not one this server issued",
+        ),
+    ],
+)
+async def test_malformed_admin_requests_are_refused_and_change_nothing(
+    server: Server,
+    channel: grpc.aio.Channel,
+    method: str,
+    request_message: object,
+    code: grpc.StatusCode,
+    message: str,
+) -> None:
+    before = row_counts(server.db)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await getattr(admin(channel), method)(request_message)
+    assert caught.value.code() == code
+    assert message in (caught.value.details() or "")
+    assert row_counts(server.db) == before
+
+
+async def test_notify_checks_its_input(server: Server, channel: grpc.aio.Channel) -> None:
+    stub = distributor_pb2_grpc.DistributorStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Notify(distributor_pb2.NotifyRequest(execution_id=1))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Notify(distributor_pb2.NotifyRequest(execution_id=77, token="t"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = await stub.ListDistributors(distributor_pb2.ListDistributorsRequest())
+    assert [(d.name, d.kind) for d in listed.distributors] == [("runners", "runners")]
+
+
+async def test_server_info(channel: grpc.aio.Channel, database_url: str) -> None:
+    info = await admin(channel).GetServerInfo(admin_pb2.GetServerInfoRequest())
+    assert info.database == ("sqlite" if database_url.startswith("sqlite") else "postgresql")
+    assert info.version
+    assert info.replica_id
+
+
+async def test_reflection_resolves_method_symbols(channel: grpc.aio.Channel) -> None:
+    """grpcurl's `describe Service.Method` asks for the file containing a method."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo()
+    for symbol in ("dispatcher.v1.Admin.SubmitJob", "dispatcher.v1.Admin.NoSuchMethod"):
+        await call.write(reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+    found = await call.read()
+    missing = await call.read()
+    await call.done_writing()
+    assert found.WhichOneof("message_response") == "file_descriptor_response"
+    assert missing.WhichOneof("message_response") == "error_response"
+    assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]

@@ -1,0 +1,112 @@
+"""Real dispatcher and runner processes, started from the installed console scripts."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (the venv's, not whatever is on PATH)."""
+    path = BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed; run the README's install command")
+    return found
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    port: int
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@contextmanager
+def dispatcher_server(database_url: str, workdir: Path, *extra: str) -> Iterator[ServerProcess]:
+    log = workdir / "dispatcher.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                tool("dispatcher"),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                database_url,
+                "--migrate",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=out,
+            text=True,
+            cwd=workdir,
+        )
+    try:
+        port = _read_port(process, log)
+        yield ServerProcess(process, port, log)
+    finally:
+        stop(process)
+
+
+def _read_port(process: subprocess.Popen[str], log: Path, timeout: float = 30.0) -> int:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        match = re.search(r"listening on port (\d+)", line)
+        if match:
+            return int(match.group(1))
+    stop(process)
+    raise RuntimeError(f"dispatcher did not start:\n{log.read_text()}")
+
+
+@contextmanager
+def runner_process(
+    address: str, name: str, workdir: Path, *extra: str
+) -> Iterator[subprocess.Popen[str]]:
+    log = workdir / f"runner-{name}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [tool("dispatcher-runner"), "--server", address, "--name", name, *extra],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=workdir,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        yield process
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout:
+        process.stdout.close()

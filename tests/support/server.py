@@ -1,0 +1,75 @@
+"""A real dispatcher in this process on a free loopback port, and a raw runner stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from dispatcher.app import Server, create_server
+from dispatcher.settings import Settings
+from dispatcher.v1 import admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+
+
+@asynccontextmanager
+async def running_server(database_url: str, **settings: Any) -> AsyncIterator[Server]:
+    server = await create_server(
+        Settings(
+            database_url=database_url,
+            listen="127.0.0.1:0",
+            migrate_on_start=True,
+            shutdown_grace_seconds=0.5,
+            **settings,
+        )
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@dataclass
+class RawRunner:
+    """A runner speaking the stream protocol by hand, message by message."""
+
+    call: Any
+    received: asyncio.Queue[scheduler_pb2.ConnectResponse] = field(default_factory=asyncio.Queue)
+
+    async def send(self, **message: Any) -> None:
+        await self.call.write(scheduler_pb2.ConnectRequest(**message))
+
+    async def next(self) -> scheduler_pb2.ConnectResponse:
+        """The next message from the dispatcher; fails after 5 s of silence."""
+        async with asyncio.timeout(5.0):
+            response = await self.call.read()
+        assert response is not grpc.aio.EOF, "the stream ended"
+        return response  # type: ignore[no-any-return]
+
+
+async def connect_runner(
+    channel: grpc.aio.Channel,
+    name: str,
+    *,
+    platform: str = "linux/x86_64",
+    labels: tuple[str, ...] = (),
+    capacity: int = 1,
+) -> tuple[RawRunner, scheduler_pb2.Welcome]:
+    call = scheduler_pb2_grpc.SchedulerStub(channel).Connect()
+    runner = RawRunner(call)
+    await runner.send(
+        hello=scheduler_pb2.Hello(
+            name=name, platform=platform, labels=labels, capacity=capacity, version="test"
+        )
+    )
+    welcome = await runner.next()
+    assert welcome.WhichOneof("message") == "welcome"
+    return runner, welcome.welcome
+
+
+def admin(channel: grpc.aio.Channel) -> admin_pb2_grpc.AdminStub:
+    return admin_pb2_grpc.AdminStub(channel)
