@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from sqlalchemy.exc import OperationalError
 
 from dispatcher.domain import errors
 
@@ -38,13 +37,6 @@ async def _abort_for(
 ) -> None:
     if isinstance(exc, errors.DispatcherError):
         await context.abort(status_of(exc), str(exc))
-    if isinstance(exc, OperationalError):
-        incident = uuid.uuid4().hex[:12]
-        log.error("database unavailable in %s (incident %s)", method, incident, exc_info=exc)
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE,
-            f"the database is unavailable; try again (incident {incident})",
-        )
     incident = uuid.uuid4().hex[:12]
     log.error("unexpected error in %s (incident %s)", method, incident, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")

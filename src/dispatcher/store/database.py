@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from dispatcher.domain.errors import Unavailable
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///dispatcher.db"
 
@@ -34,9 +40,19 @@ class Database:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A connection in a transaction: committed when the block ends, rolled back on error."""
-        with self.engine.begin() as conn:
-            yield conn
+        """A connection in a transaction: committed when the block ends, rolled back on error.
+
+        A database that cannot be reached (or is locked past the busy timeout) raises
+        Unavailable, which clients see as UNAVAILABLE: worth a retry, unlike a bug."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            incident = uuid.uuid4().hex[:12]
+            log.error("database operation failed (incident %s)", incident, exc_info=exc)
+            raise Unavailable(
+                f"the database is unavailable; try again (incident {incident})"
+            ) from exc
 
     def run_sync(self, work: Callable[[Connection], T]) -> T:
         with self.transaction() as conn:
