@@ -11,6 +11,7 @@ import logging
 import signal
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -65,7 +66,8 @@ class Server:
 
     async def start(self) -> None:
         self.commits.start()
-        await self.hub.start()
+        # One process per SQLite file: any other replica row there is a dead run of ours.
+        await self.hub.start(sole_replica=self.db.kind == "sqlite")
         await self.grpc_server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -74,7 +76,7 @@ class Server:
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
         await self.hub.stop()
-        await self.grpc_server.stop(self.settings.shutdown_grace_seconds)
+        await self.grpc_server.stop(1.0)
         await self.commits.stop()
         self.db.close()
         log.info("dispatcher stopped")
@@ -103,13 +105,25 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> Se
     db = await asyncio.to_thread(prepare_database, settings)
     replica_id = f"{uuid.uuid4().hex[:12]}"
     commits = GroupCommit(db)
+    deadlines = settings.deadlines()
     ctx = Context(
-        db=db, clock=clock, limits=settings.limits.domain(), replica_id=replica_id, commits=commits
+        db=db,
+        clock=clock,
+        limits=settings.limits.domain(),
+        replica_id=replica_id,
+        commits=commits,
+        deadlines=deadlines,
     )
     jobs = Jobs(ctx)
     executions = Executions(ctx)
-    sessions = Sessions(ctx, lease=settings.replica_lease)
-    hub = Hub(jobs, executions, sessions, HubTiming(heartbeat_interval=settings.heartbeat_interval))
+    sessions = Sessions(ctx)
+    timing = HubTiming(
+        heartbeat_interval=settings.heartbeat_interval,
+        lease_renewal=deadlines.replica_lease / 3,
+        startup_hold=deadlines.reattach_grace + timedelta(seconds=1),
+        shutdown_drain=timedelta(seconds=settings.shutdown_grace_seconds),
+    )
+    hub = Hub(jobs, executions, sessions, timing)
     ctx.wakeups.append(hub.wake)
 
     max_bytes = settings.limits.max_message_bytes

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.domain.validation import Limits
+from dispatcher.lifecycle.context import Deadlines
 from dispatcher.store.database import DEFAULT_URL
 
 
@@ -47,6 +48,30 @@ class Settings(BaseSettings):
     heartbeat_interval_seconds: float = Field(
         10.0, gt=0, description="How often runners send heartbeats (told to them in Welcome)."
     )
+    heartbeat_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A runner session silent for this long is dead: its jobs "
+        "follow their on-lost policy.",
+    )
+    reattach_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="A runner whose stream broke (or whose dispatcher restarted) "
+        "may re-attach to its jobs for this long before they follow their on-lost policy.",
+    )
+    accept_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="An assignment not accepted by its runner in this time is "
+        "taken back and queued again.",
+    )
+    cancel_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="A cancelled BUILDING job whose runner does not confirm in "
+        "this time is forced CANCELLED.",
+    )
     replica_lease_seconds: float = Field(
         15.0,
         gt=0,
@@ -59,7 +84,10 @@ class Settings(BaseSettings):
         "no on PostgreSQL (run `dispatcher migrate` as a deploy step).",
     )
     shutdown_grace_seconds: float = Field(
-        5.0, ge=0, description="How long a stopping server lets RPCs in flight finish."
+        5.0,
+        ge=0,
+        description="On SIGTERM, how long running jobs may finish (nothing new "
+        "is assigned) before streams are cut; runners then re-attach elsewhere.",
     )
     limits: LimitSettings = Field(default_factory=lambda: LimitSettings())
 
@@ -67,9 +95,14 @@ class Settings(BaseSettings):
     def heartbeat_interval(self) -> timedelta:
         return timedelta(seconds=self.heartbeat_interval_seconds)
 
-    @property
-    def replica_lease(self) -> timedelta:
-        return timedelta(seconds=self.replica_lease_seconds)
+    def deadlines(self) -> Deadlines:
+        return Deadlines(
+            heartbeat_timeout=timedelta(seconds=self.heartbeat_timeout_seconds),
+            reattach_grace=timedelta(seconds=self.reattach_grace_seconds),
+            accept_timeout=timedelta(seconds=self.accept_timeout_seconds),
+            cancel_grace=timedelta(seconds=self.cancel_grace_seconds),
+            replica_lease=timedelta(seconds=self.replica_lease_seconds),
+        )
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> Settings:

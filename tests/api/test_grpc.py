@@ -101,23 +101,66 @@ async def test_a_job_runs_on_a_runner_stream(channel: grpc.aio.Channel) -> None:
     await runner.call.done_writing()
 
 
-async def test_a_stream_that_dies_requeues_its_job_to_another_runner(
+async def test_a_runner_whose_stream_broke_re_attaches_and_finishes(
     channel: grpc.aio.Channel,
 ) -> None:
-    first, _ = await connect_runner(channel, "r1")
-    submitted = await admin(channel).SubmitJob(
-        admin_pb2.SubmitJobRequest(spec=job_spec(on_lost=types_pb2.ON_LOST_POLICY_REQUEUE))
-    )
-    assert (await first.next()).WhichOneof("message") == "assign"
+    first, welcome = await connect_runner(channel, "r1")
+    submitted = await admin(channel).SubmitJob(admin_pb2.SubmitJobRequest(spec=job_spec()))
+    assign = (await first.next()).assign
     first.call.cancel()  # the connection drops mid-build
 
-    second, _ = await connect_runner(channel, "r2")
-    assign = (await second.next()).assign
-    assert assign.job.id == submitted.job.id
-    assert assign.job.attempt == 2
-    job = (await admin(channel).GetJob(admin_pb2.GetJobRequest(id=assign.job.id))).job
-    assert "reclaimed" in [e.kind for e in job.events]
-    second.call.cancel()
+    again, rewelcome = await connect_runner(channel, "r1", resume_token=welcome.resume_token)
+    assert list(rewelcome.execution_ids) == [assign.execution_id]
+    await again.send(
+        result=scheduler_pb2.Result(
+            execution_id=assign.execution_id, outcome=types_pb2.OUTCOME_SUCCEEDED
+        )
+    )
+    assert (await again.next()).result_ack.applied
+    job = (await admin(channel).GetJob(admin_pb2.GetJobRequest(id=submitted.job.id))).job
+    assert job.state == types_pb2.JOB_STATE_SUCCEEDED
+    assert job.attempt == 1  # never run twice
+    again.call.cancel()
+
+
+async def test_a_stream_gone_past_the_grace_requeues_its_job_to_another_runner(
+    database_url: str,
+) -> None:
+    async with (
+        running_server(database_url, reattach_grace_seconds=0.2) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        first, _ = await connect_runner(channel, "r1")
+        submitted = await admin(channel).SubmitJob(
+            admin_pb2.SubmitJobRequest(spec=job_spec(on_lost=types_pb2.ON_LOST_POLICY_REQUEUE))
+        )
+        assert (await first.next()).WhichOneof("message") == "assign"
+        first.call.cancel()
+
+        second, _ = await connect_runner(channel, "r2")
+        assign = (await second.next()).assign
+        assert assign.job.id == submitted.job.id
+        assert assign.job.attempt == 2
+        job = (await admin(channel).GetJob(admin_pb2.GetJobRequest(id=assign.job.id))).job
+        assert "reclaimed" in [e.kind for e in job.events]
+        second.call.cancel()
+
+
+async def test_drain_stops_new_work_and_undrain_resumes_it(channel: grpc.aio.Channel) -> None:
+    runner, _ = await connect_runner(channel, "r1")
+    drained = await admin(channel).DrainRunner(
+        admin_pb2.DrainRunnerRequest(name="r1", reason="kernel upgrade")
+    )
+    assert drained.runner.state == types_pb2.RUNNER_STATE_DRAINING
+    assert (await runner.next()).drain.reason == "kernel upgrade"
+    submitted = await admin(channel).SubmitJob(admin_pb2.SubmitJobRequest(spec=job_spec()))
+    undrained = await admin(channel).UndrainRunner(admin_pb2.UndrainRunnerRequest(name="r1"))
+    assert undrained.runner.state == types_pb2.RUNNER_STATE_ONLINE
+    assert (await runner.next()).assign.job.id == submitted.job.id
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin(channel).DrainRunner(admin_pb2.DrainRunnerRequest(name="ghost"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    runner.call.cancel()
 
 
 async def test_cancel_reaches_the_runner_and_completes_on_ack(channel: grpc.aio.Channel) -> None:

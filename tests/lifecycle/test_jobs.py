@@ -278,20 +278,6 @@ async def test_same_runner_name_replaces_and_fences_the_old_session(svc: Service
     assert b.job.attempt == 2
 
 
-async def test_orphaned_sessions_of_a_dead_replica_are_recovered(db: Database) -> None:
-    async with services(db, replica_id="dead") as dead:
-        await dead.jobs.submit([spec(on_lost=OnLostPolicy.IRRECOVERABLE)], actor="admin")
-        demand = await dead.connect()
-        [a] = await dead.jobs.claim([demand])
-    async with services(db, replica_id="survivor") as survivor:
-        assert await survivor.sessions.recover_orphans() == 0  # the lease still holds
-        survivor.clock.advance(timedelta(seconds=16))
-        assert await survivor.sessions.recover_orphans() == 1
-        job = await survivor.jobs.get(a.job.id)
-        assert job.state is JobState.IRRECOVERABLE
-        assert "replica is gone" in job.events[-1].cause
-
-
 async def test_bad_input_is_refused_and_changes_nothing(svc: Services) -> None:
     with pytest.raises(InvalidInput, match="platform is required"):
         await svc.jobs.submit([JobSpec(platform="", command=("true",))], actor="admin")

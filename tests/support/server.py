@@ -58,12 +58,18 @@ async def connect_runner(
     platform: str = "linux/x86_64",
     labels: tuple[str, ...] = (),
     capacity: int = 1,
+    resume_token: str = "",
 ) -> tuple[RawRunner, scheduler_pb2.Welcome]:
     call = scheduler_pb2_grpc.SchedulerStub(channel).Connect()
     runner = RawRunner(call)
     await runner.send(
         hello=scheduler_pb2.Hello(
-            name=name, platform=platform, labels=labels, capacity=capacity, version="test"
+            name=name,
+            platform=platform,
+            labels=labels,
+            capacity=capacity,
+            version="test",
+            resume_token=resume_token,
         )
     )
     welcome = await runner.next()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from dispatcher.domain.clock import ManualClock
 from dispatcher.domain.model import RunnerHello
@@ -26,6 +25,8 @@ class Services:
     executions: Executions
     sessions: Sessions
     wakeups: list[str] = field(default_factory=list)
+    # Each runner's latest resume token, as its Welcome would have carried it.
+    resume_tokens: dict[str, str] = field(default_factory=dict)
 
     async def connect(
         self,
@@ -38,6 +39,7 @@ class Services:
         opened = await self.sessions.open(
             RunnerHello(name=name, platform=platform, labels=labels, capacity=capacity)
         )
+        self.resume_tokens[name] = opened.resume_token
         return Demand(opened.session_id, name, platform, labels, capacity)
 
 
@@ -46,9 +48,7 @@ async def services(db: Database, *, replica_id: str = "replica-a") -> AsyncItera
     clock = ManualClock()
     commits = GroupCommit(db)
     ctx = Context(db=db, clock=clock, limits=Limits(), replica_id=replica_id, commits=commits)
-    built = Services(
-        db, clock, Jobs(ctx), Executions(ctx), Sessions(ctx, lease=timedelta(seconds=15))
-    )
+    built = Services(db, clock, Jobs(ctx), Executions(ctx), Sessions(ctx))
     ctx.wakeups.append(lambda: built.wakeups.append("wake"))
     commits.start()
     await built.sessions.register_replica()

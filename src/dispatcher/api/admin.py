@@ -13,10 +13,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from dispatcher import __version__
 from dispatcher.api import convert
 from dispatcher.domain.clock import Clock
+from dispatcher.domain.errors import InvalidInput, NotFound
 from dispatcher.lifecycle.jobs import Jobs, encode_page_token
 from dispatcher.lifecycle.sessions import Sessions
 from dispatcher.runners.hub import Hub
-from dispatcher.v1 import admin_pb2, admin_pb2_grpc
+from dispatcher.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -94,6 +95,26 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         runners = await self._sessions.list_runners()
         return admin_pb2.ListRunnersResponse(runners=[convert.runner_to_proto(r) for r in runners])
 
+    async def DrainRunner(
+        self, request: admin_pb2.DrainRunnerRequest, context: Context
+    ) -> admin_pb2.DrainRunnerResponse:
+        _require_name(request.name)
+        await self._hub.set_draining(request.name, True, request.reason or "drained by admin")
+        return admin_pb2.DrainRunnerResponse(runner=await self._runner(request.name))
+
+    async def UndrainRunner(
+        self, request: admin_pb2.UndrainRunnerRequest, context: Context
+    ) -> admin_pb2.UndrainRunnerResponse:
+        _require_name(request.name)
+        await self._hub.set_draining(request.name, False, "")
+        return admin_pb2.UndrainRunnerResponse(runner=await self._runner(request.name))
+
+    async def _runner(self, name: str) -> types_pb2.Runner:
+        for runner in await self._sessions.list_runners():
+            if runner.name == name:
+                return convert.runner_to_proto(runner)
+        raise NotFound(f"runner {name!r} is not known to this dispatcher")
+
     async def GetServerInfo(
         self, request: admin_pb2.GetServerInfoRequest, context: Context
     ) -> admin_pb2.GetServerInfoResponse:
@@ -109,3 +130,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             started_at=started,
             uptime=uptime,
         )
+
+
+def _require_name(name: str) -> None:
+    if not name:
+        raise InvalidInput("name is required: the runner's name")

@@ -44,9 +44,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 session_id=session.id,
                 resume_token=session.resume_token,
                 heartbeat_interval=interval,
+                execution_ids=sorted(session.held),
             )
         )
-        reason = "the stream ended"
+        reason, goodbye = "the stream ended", False
         protocol_error: list[str] = []
         reader = asyncio.create_task(self._read(request_iterator, session, protocol_error))
         try:
@@ -55,21 +56,25 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                reason = await reader
-            await asyncio.shield(self._hub.close(session, reason))
+                reason, goodbye = await reader
+            await asyncio.shield(self._hub.close(session, reason, goodbye=goodbye))
         if protocol_error:
             raise InvalidInput(protocol_error[0])
 
-    async def _read(self, requests: Requests, session: LiveSession, errors: list[str]) -> str:
-        """Apply the runner's messages until the stream ends; returns why it ended. A
-        message that breaks the protocol ends the stream, its reason put in ``errors``."""
+    async def _read(
+        self, requests: Requests, session: LiveSession, errors: list[str]
+    ) -> tuple[str, bool]:
+        """Apply the runner's messages until the stream ends; returns why it ended and
+        whether the runner said goodbye. A message that breaks the protocol ends the
+        stream, its reason put in ``errors``."""
         pending: set[asyncio.Task[None]] = set()
-        reason = "the runner closed the stream"
+        reason, goodbye = "the runner closed the stream", False
         try:
             async for request in requests:
                 kind = request.WhichOneof("message")
                 if kind == "goodbye":
                     reason = f"goodbye: {request.goodbye.reason or 'no reason given'}"
+                    goodbye = True
                     break
                 work = self._handle(session, request, kind)
                 if work is not None:
@@ -87,7 +92,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             session.end()
-        return reason
+        return reason, goodbye
 
     def _handle(
         self, session: LiveSession, request: scheduler_pb2.ConnectRequest, kind: str | None

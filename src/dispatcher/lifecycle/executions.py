@@ -22,6 +22,7 @@ from dispatcher.domain.states import (
 from dispatcher.lifecycle.context import Context
 from dispatcher.lifecycle.transitions import apply, event_row, refuse_stale
 from dispatcher.store import jobs as store
+from dispatcher.store import runners as runner_store
 
 
 class Executions:
@@ -132,7 +133,9 @@ class Executions:
         progress: Sequence[tuple[int, str | None, int | None]],
     ) -> None:
         def work(conn: Connection) -> None:
-            store.touch_executions(conn, session_id, progress, self._ctx.clock.now())
+            now = self._ctx.clock.now()
+            runner_store.touch_session(conn, session_id, now)
+            store.touch_executions(conn, session_id, progress, now)
 
         await self._ctx.commits.submit(work)
 

@@ -1,21 +1,28 @@
-"""Runner sessions and replica liveness: opening and closing streams, and deciding the
-jobs of streams that are gone (closed, replaced, or on a replica whose lease ran out)."""
+"""Runner sessions and replica liveness: opening, re-attaching, detaching and closing
+streams, and deciding the jobs of streams that are gone for good (SPEC §5.7, §6).
+
+A session is *attached* while its stream lives, *detached* when the stream broke but the
+runner may still re-attach with its resume token (its executions stay bound), and
+*closed* when that chance is over: then its unfinished executions are lost and each job
+follows its on-lost policy.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
 from dispatcher import __version__
+from dispatcher.domain.errors import NotFound
 from dispatcher.domain.model import Runner, RunnerHello, RunnerState
-from dispatcher.domain.states import JobState
+from dispatcher.domain.states import CONFIRM_CANCEL, REFUSE, JobState, Outcome
 from dispatcher.domain.validation import check_hello
 from dispatcher.lifecycle.context import Context
-from dispatcher.lifecycle.transitions import lose_execution
+from dispatcher.lifecycle.jobs import CancelOrder
+from dispatcher.lifecycle.transitions import apply, lose_execution
 from dispatcher.store import jobs as job_store
 from dispatcher.store import runners as store
 
@@ -26,37 +33,82 @@ class OpenedSession:
     resume_token: str
     # Earlier sessions of the same runner name, closed and fenced by this one.
     replaced: tuple[int, ...]
+    # Executions taken over from the session the resume token named.
+    reattached: tuple[int, ...] = ()
+    # The session the resume token named, now closed in favour of this one.
+    resumed_from: int | None = None
+    draining: bool = False
+
+
+@dataclass
+class SweepReport:
+    """What a sweep decided, for the hub to carry out on live streams."""
+
+    closed_sessions: list[int] = field(default_factory=list)
+    cancels: list[CancelOrder] = field(default_factory=list)
+    requeued: int = 0
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Sessions:
-    def __init__(self, ctx: Context, *, lease: timedelta) -> None:
+    def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._lease = lease
 
     async def open(self, hello: RunnerHello) -> OpenedSession:
         check_hello(hello, self._ctx.limits)
         resume_token = secrets.token_urlsafe(32)
-        token_hash = hashlib.sha256(resume_token.encode()).hexdigest()
 
         def work(conn: Connection) -> OpenedSession:
             now = self._ctx.clock.now()
-            replaced = store.open_sessions_of_runner(conn, hello.name)
+            resumed = (
+                store.resumable_session(conn, hello.name, _hash(hello.resume_token))
+                if hello.resume_token
+                else None
+            )
+            previous = store.runner_state(conn, hello.name)
+            draining = previous is RunnerState.DRAINING
+            store.upsert_runner(
+                conn, hello, RunnerState.DRAINING if draining else RunnerState.ONLINE, now
+            )
+            session_id = store.open_session(
+                conn, hello.name, self._ctx.replica_id, _hash(resume_token), now
+            )
+            reattached: list[int] = []
+            if resumed is not None:
+                reattached = job_store.move_open_executions(conn, resumed, session_id)
+                store.close_session(conn, resumed, f"re-attached as session {session_id}", now)
+            replaced = [
+                s for s in store.open_sessions_of_runner(conn, hello.name) if s != session_id
+            ]
             for old in replaced:
                 self._close(conn, old, "replaced by a new session of the same runner")
-            previous = store.runner_state(conn, hello.name)
-            state = RunnerState.DRAINING if previous is RunnerState.DRAINING else RunnerState.ONLINE
-            store.upsert_runner(conn, hello, state, now)
-            session_id = store.open_session(conn, hello.name, self._ctx.replica_id, token_hash, now)
-            return OpenedSession(session_id, resume_token, tuple(replaced))
+            return OpenedSession(
+                session_id, resume_token, tuple(replaced), tuple(reattached), resumed, draining
+            )
 
         opened = await self._ctx.db.run(work)
         if opened.replaced:
             self._ctx.wake()
         return opened
 
+    async def detach(self, session_id: int, reason: str) -> bool:
+        """The stream broke. A session holding executions waits for its runner to
+        re-attach; one holding none is closed at once. Returns whether it was detached."""
+
+        def work(conn: Connection) -> bool:
+            if job_store.open_executions_of_session(conn, session_id):
+                return store.detach_session(conn, session_id, self._ctx.clock.now())
+            self._close(conn, session_id, reason)
+            return False
+
+        return await self._ctx.db.run(work)
+
     async def close(self, session_id: int, reason: str) -> list[tuple[int, JobState]]:
-        """Close a session; its unfinished executions are lost and their jobs follow their
-        on-lost policy. Returns (job id, new state) for each job moved."""
+        """Close a session now; its unfinished executions are lost and their jobs follow
+        their on-lost policy. Returns (job id, new state) for each job moved."""
         moved = await self._ctx.db.run(lambda conn: self._close(conn, session_id, reason))
         if any(state is JobState.QUEUED for _, state in moved):
             self._ctx.wake()
@@ -80,28 +132,104 @@ class Sessions:
             if state is not None:
                 moved.append((job_id, state))
         if not store.open_sessions_of_runner(conn, runner):
-            store.set_runner_state(conn, runner, RunnerState.OFFLINE, now)
+            state_now = store.runner_state(conn, runner)
+            if state_now is not RunnerState.DRAINING:
+                store.set_runner_state(conn, runner, RunnerState.OFFLINE, now)
         return moved
 
     async def list_runners(self) -> list[Runner]:
         return await self._ctx.db.run(store.list_runners)
 
+    async def set_draining(self, name: str, draining: bool) -> list[int]:
+        """Drain (or undrain) a runner by name; returns its attached session ids."""
+
+        def work(conn: Connection) -> list[int]:
+            if store.runner_state(conn, name) is None:
+                raise NotFound(f"runner {name!r} is not known to this dispatcher")
+            sessions = store.open_sessions_of_runner(conn, name)
+            if draining:
+                state = RunnerState.DRAINING
+            else:
+                state = RunnerState.ONLINE if sessions else RunnerState.OFFLINE
+            store.set_runner_state(conn, name, state, self._ctx.clock.now())
+            return sessions
+
+        sessions = await self._ctx.db.run(work)
+        if not draining:
+            self._ctx.wake()
+        return sessions
+
+    # --- deadlines ----------------------------------------------------------------
+
+    async def sweep(self) -> SweepReport:
+        """Apply every deadline once: dead replicas' sessions detach; silent sessions and
+        detached ones past the grace close; unaccepted assignments go back to the queue;
+        cancels the runner never confirmed are forced."""
+        report = await self._ctx.db.run(self._sweep)
+        if report.requeued or report.closed_sessions:
+            self._ctx.wake()
+        return report
+
+    def _sweep(self, conn: Connection) -> SweepReport:
+        now = self._ctx.clock.now()
+        deadlines = self._ctx.deadlines
+        report = SweepReport()
+        for session_id in store.orphaned_attached_sessions(conn, self._ctx.replica_id, now):
+            store.detach_session(conn, session_id, now)
+        for session_id in store.attached_sessions_silent_since(
+            conn, now - deadlines.heartbeat_timeout
+        ):
+            self._close(conn, session_id, "no heartbeat within the deadline")
+            report.closed_sessions.append(session_id)
+        for session_id in store.sessions_detached_before(conn, now - deadlines.reattach_grace):
+            self._close(conn, session_id, "it did not re-attach within the grace")
+            report.closed_sessions.append(session_id)
+        for execution_id, job_id, session_id in job_store.unaccepted_executions(
+            conn, now - deadlines.accept_timeout
+        ):
+            cause = "the runner did not accept the assignment in time"
+            job_store.finish_execution(conn, execution_id, Outcome.LOST, now, info=cause)
+            job = job_store.get_job(conn, job_id, for_update=True)
+            if job is not None and job.current_execution_id == execution_id:
+                report.requeued += apply(conn, job, REFUSE, now, actor="dispatcher", cause=cause)
+            report.cancels.append(CancelOrder(session_id, execution_id, cause))
+        for job_id, execution_id in job_store.overdue_cancels(conn, now - deadlines.cancel_grace):
+            cause = "cancelled; the runner did not confirm within the grace"
+            execution = job_store.get_execution(conn, execution_id)
+            job_store.finish_execution(conn, execution_id, Outcome.CANCELLED, now, info=cause)
+            job = job_store.get_job(conn, job_id, for_update=True)
+            if job is not None:
+                apply(conn, job, CONFIRM_CANCEL, now, actor="dispatcher", cause=cause)
+            if execution is not None and execution.session_id is not None:
+                report.cancels.append(CancelOrder(execution.session_id, execution_id, cause))
+        return report
+
     # --- replicas -----------------------------------------------------------------
 
-    async def register_replica(self) -> None:
+    async def register_replica(self, *, sole: bool = False) -> None:
+        """Write this replica's liveness row. ``sole``: no other replica can be alive (the
+        embedded SQLite mode), so their sessions are detached at once."""
+
         def work(conn: Connection) -> None:
             now = self._ctx.clock.now()
-            store.register_replica(conn, self._ctx.replica_id, __version__, now, now + self._lease)
+            store.register_replica(
+                conn,
+                self._ctx.replica_id,
+                __version__,
+                now,
+                now + self._ctx.deadlines.replica_lease,
+            )
+            if sole:
+                store.expire_other_replicas(conn, self._ctx.replica_id, now)
 
         await self._ctx.db.run(work)
 
     async def renew_lease(self) -> None:
         def work(conn: Connection) -> None:
             now = self._ctx.clock.now()
-            if not store.renew_replica(conn, self._ctx.replica_id, now + self._lease):
-                store.register_replica(
-                    conn, self._ctx.replica_id, __version__, now, now + self._lease
-                )
+            lease_until = now + self._ctx.deadlines.replica_lease
+            if not store.renew_replica(conn, self._ctx.replica_id, lease_until):
+                store.register_replica(conn, self._ctx.replica_id, __version__, now, lease_until)
 
         await self._ctx.db.run(work)
 
@@ -113,18 +241,16 @@ class Sessions:
             lambda conn: store.live_replica_count(conn, self._ctx.clock.now())
         )
 
-    async def recover_orphans(self) -> int:
-        """Close the open sessions of replicas that are gone (a crash, a kill -9): their
-        jobs follow their on-lost policy. Returns how many sessions were closed."""
+    async def detached_executions(self) -> int:
+        """How many executions wait for their runner to re-attach (anywhere)."""
 
         def work(conn: Connection) -> int:
             now = self._ctx.clock.now()
-            orphans = store.orphaned_open_sessions(conn, now)
-            for session_id in orphans:
-                self._close(conn, session_id, "its dispatcher replica is gone")
-            return len(orphans)
+            count = 0
+            for session_id in store.sessions_detached_before(
+                conn, now + self._ctx.deadlines.reattach_grace
+            ):
+                count += len(job_store.open_executions_of_session(conn, session_id))
+            return count
 
-        closed = await self._ctx.db.run(work)
-        if closed:
-            self._ctx.wake()
-        return closed
+        return await self._ctx.db.run(work)

@@ -1,4 +1,5 @@
-"""The hub: every live runner session of this replica, and the loop that assigns jobs.
+"""The hub: every live runner session of this replica, the loop that assigns jobs, and
+the loops that keep deadlines.
 
 Wake-ups are in-process: a submit, a requeue, a freed slot or a new session sets one
 event, and the assigner claims for every session with free slots in one transaction.
@@ -62,7 +63,7 @@ class LiveSession:
             self.outbox.put_nowait(message)
 
     def end(self) -> None:
-        """Stop the stream: its handler closes it and the session is closed."""
+        """Stop the stream: its handler returns and the session is detached or closed."""
         if not self.closed:
             self.closed = True
             self.outbox.put_nowait(None)
@@ -72,8 +73,13 @@ class LiveSession:
 class HubTiming:
     heartbeat_interval: timedelta = timedelta(seconds=10)
     lease_renewal: timedelta = timedelta(seconds=5)
-    orphan_sweep: timedelta = timedelta(seconds=5)
+    sweep: timedelta = timedelta(seconds=1)
     due_sweep: timedelta = timedelta(seconds=1)
+    # On start-up, how long to hold new assignments while runners of a previous run
+    # re-attach (the re-attach grace), so their jobs are decided first.
+    startup_hold: timedelta = timedelta(seconds=10)
+    # On shutdown, how long running jobs may finish before streams are cut.
+    shutdown_drain: timedelta = timedelta(seconds=5)
 
 
 class Hub:
@@ -86,6 +92,7 @@ class Hub:
         self.timing = timing
         self._live: dict[int, LiveSession] = {}
         self._wakeup = asyncio.Event()
+        self._released = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = True
 
@@ -94,18 +101,16 @@ class Hub:
     def wake(self) -> None:
         self._wakeup.set()
 
-    async def start(self) -> None:
-        await self._sessions.register_replica()
-        await self._sessions.recover_orphans()
+    async def start(self, *, sole_replica: bool) -> None:
+        await self._sessions.register_replica(sole=sole_replica)
+        await self._sessions.sweep()
+        hold = self.timing.startup_hold if await self._sessions.detached_executions() else None
         self._tasks = [
-            asyncio.create_task(self._assign_forever(), name="assigner"),
+            asyncio.create_task(self._assign_forever(hold), name="assigner"),
             asyncio.create_task(
                 self._every(self.timing.lease_renewal, self._sessions.renew_lease), name="lease"
             ),
-            asyncio.create_task(
-                self._every(self.timing.orphan_sweep, self._sessions.recover_orphans),
-                name="orphans",
-            ),
+            asyncio.create_task(self._every(self.timing.sweep, self.sweep), name="deadlines"),
             asyncio.create_task(
                 self._every(self.timing.due_sweep, self._jobs.queue_due), name="due"
             ),
@@ -113,12 +118,15 @@ class Hub:
         self.wake()
 
     async def stop(self) -> None:
-        """Close every stream (their jobs follow their on-lost policy) and stop the loops."""
+        """Stop assigning, let running jobs finish for a while, then cut the streams. Cut
+        sessions are detached, not closed: their runners re-attach to another replica or
+        to this one restarted, and keep their jobs."""
         self._accepting = False
+        for session in self._live.values():
+            session.draining = True
+        await self._wait_until_idle(self.timing.shutdown_drain)
         for session in list(self._live.values()):
-            session.end()
-        for session in list(self._live.values()):
-            await self.close(session, "the dispatcher is shutting down")
+            await self.close(session, "the dispatcher is shutting down", goodbye=False)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -126,6 +134,13 @@ class Hub:
                 await task
         self._tasks = []
         await self._sessions.retire_replica()
+
+    async def _wait_until_idle(self, limit: timedelta) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit.total_seconds()):
+                while any(s.held for s in self._live.values()):
+                    self._released.clear()
+                    await self._released.wait()
 
     @property
     def accepting(self) -> bool:
@@ -139,38 +154,89 @@ class Hub:
 
     async def open(self, hello: RunnerHello) -> LiveSession:
         opened = await self._sessions.open(hello)
-        for old_id in opened.replaced:
+        gone = [*opened.replaced, *([opened.resumed_from] if opened.resumed_from else [])]
+        for old_id in gone:
             old = self._live.pop(old_id, None)
             if old is not None:
                 old.end()
-        session = LiveSession(opened.session_id, hello, opened.resume_token)
+        session = LiveSession(
+            opened.session_id,
+            hello,
+            opened.resume_token,
+            held=set(opened.reattached),
+            draining=opened.draining,
+        )
         self._live[session.id] = session
         log.info(
-            "runner %s connected (session %d, capacity %d)", hello.name, session.id, hello.capacity
+            "runner %s connected (session %d, capacity %d, re-attached %d)",
+            hello.name,
+            session.id,
+            hello.capacity,
+            len(opened.reattached),
         )
         self.wake()
         return session
 
-    async def close(self, session: LiveSession, reason: str) -> None:
+    async def close(self, session: LiveSession, reason: str, *, goodbye: bool) -> None:
+        """The stream ended. After a goodbye the session closes and its jobs move on at
+        once; otherwise it is detached and its runner may re-attach within the grace."""
         session.end()
         if self._live.pop(session.id, None) is None:
             return
-        moved = await self._sessions.close(session.id, reason)
-        log.info(
-            "runner %s disconnected (session %d): %s; %d job(s) moved on",
-            session.name,
-            session.id,
-            reason,
-            len(moved),
-        )
+        if goodbye:
+            moved = await self._sessions.close(session.id, reason)
+            log.info(
+                "runner %s left (session %d): %s; %d job(s) moved on",
+                session.name,
+                session.id,
+                reason,
+                len(moved),
+            )
+        elif await self._sessions.detach(session.id, reason):
+            log.info(
+                "runner %s detached (session %d): %s; holding %d execution(s) for re-attach",
+                session.name,
+                session.id,
+                reason,
+                len(session.held),
+            )
+        else:
+            log.info("runner %s disconnected (session %d): %s", session.name, session.id, reason)
 
     def cancel(self, order: CancelOrder) -> bool:
         """Deliver a cancel to the stream holding the execution, if it is on this replica."""
         session = self._live.get(order.session_id)
-        if session is None or order.execution_id not in session.held:
+        if session is None:
             return False
         session.send(order)
         return True
+
+    async def set_draining(self, name: str, draining: bool, reason: str) -> None:
+        await self._sessions.set_draining(name, draining)
+        for session in self._live.values():
+            if session.name == name:
+                session.draining = draining
+                if draining:
+                    session.send(Drain(reason))
+        if not draining:
+            self.wake()
+
+    async def sweep(self) -> None:
+        report = await self._sessions.sweep()
+        for session_id in report.closed_sessions:
+            session = self._live.pop(session_id, None)
+            if session is not None:
+                log.warning(
+                    "runner %s (session %d) missed its heartbeat deadline; closed",
+                    session.name,
+                    session.id,
+                )
+                session.end()
+        for order in report.cancels:
+            self.cancel(order)
+            session = self._live.get(order.session_id)
+            if session is not None:
+                self._release(session, order.execution_id)
 
     # --- runner reports -----------------------------------------------------------
 
@@ -203,6 +269,7 @@ class Hub:
     def _release(self, session: LiveSession, execution_id: int) -> None:
         if execution_id in session.held:
             session.held.discard(execution_id)
+            self._released.set()
             self.wake()
 
     def _refuse_unless(self, session: LiveSession, execution_id: int, verdict: Verdict) -> None:
@@ -213,7 +280,13 @@ class Hub:
 
     # --- the assigner -------------------------------------------------------------
 
-    async def _assign_forever(self) -> None:
+    async def _assign_forever(self, hold: timedelta | None) -> None:
+        if hold is not None:
+            log.info(
+                "holding new assignments for %.0f s while runners re-attach", hold.total_seconds()
+            )
+            await asyncio.sleep(hold.total_seconds())
+            await self.sweep()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -226,7 +299,7 @@ class Hub:
 
     async def assign_once(self) -> int:
         sessions = [s for s in self._live.values() if s.free_slots > 0]
-        if not sessions:
+        if not sessions or not self._accepting:
             return 0
         random.shuffle(sessions)  # no runner always gets the head of the queue
         demands = [
@@ -236,7 +309,7 @@ class Hub:
         for assignment in assignments:
             session = self._live.get(assignment.session_id)
             if session is None or session.closed:
-                continue  # its close decides the job by its on-lost policy
+                continue  # its detach/close decides the job
             session.held.add(assignment.execution_id)
             session.send(assignment)
         return len(assignments)

@@ -271,6 +271,42 @@ def executions_of(conn: Connection, job_id: int) -> list[Execution]:
     return [_to_execution(r) for r in rows]
 
 
+def move_open_executions(conn: Connection, from_session: int, to_session: int) -> list[int]:
+    """Re-attach: the unfinished executions of one session now belong to another."""
+    ids = [e for e, _ in open_executions_of_session(conn, from_session)]
+    if ids:
+        conn.execute(
+            update(executions)
+            .where(_E.id.in_(ids), _E.finished_at.is_(None))
+            .values(session_id=to_session)
+        )
+    return ids
+
+
+def unaccepted_executions(conn: Connection, cutoff: datetime) -> list[tuple[int, int, int]]:
+    """(execution id, job id, session id) of open executions assigned before ``cutoff``
+    that their runner never accepted."""
+    rows = conn.execute(
+        select(_E.id, _E.job_id, _E.session_id).where(
+            _E.finished_at.is_(None),
+            _E.accepted_at.is_(None),
+            _E.session_id.is_not(None),
+            _E.started_at < cutoff,
+        )
+    )
+    return [(r.id, r.job_id, r.session_id) for r in rows]
+
+
+def overdue_cancels(conn: Connection, cutoff: datetime) -> list[tuple[int, int]]:
+    """(job id, execution id) of BUILDING jobs whose cancel was asked before ``cutoff``."""
+    rows = conn.execute(
+        select(_J.id, _J.current_execution_id).where(
+            _J.state == JobState.BUILDING.value, _J.cancel_requested_at < cutoff
+        )
+    )
+    return [(r.id, r.current_execution_id) for r in rows]
+
+
 def open_executions_of_session(conn: Connection, session_id: int) -> list[tuple[int, int]]:
     """(execution id, job id) of every unfinished execution bound to a session."""
     rows = conn.execute(

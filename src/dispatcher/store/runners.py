@@ -80,6 +80,7 @@ def open_session(
                 "replica_id": replica_id,
                 "resume_token_hash": resume_token_hash,
                 "opened_at": now,
+                "last_seen_at": now,
             },
         ).scalar_one()
     )
@@ -92,6 +93,50 @@ def lock_open_session(conn: Connection, session_id: int) -> bool:
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     return conn.execute(query).first() is not None
+
+
+def resumable_session(conn: Connection, runner: str, resume_token_hash: str) -> int | None:
+    """The unclosed session of ``runner`` that ``resume_token_hash`` belongs to, if any."""
+    value: int | None = conn.execute(
+        select(_S.id).where(
+            _S.runner_name == runner,
+            _S.resume_token_hash == resume_token_hash,
+            _S.closed_at.is_(None),
+        )
+    ).scalar_one_or_none()
+    return value
+
+
+def touch_session(conn: Connection, session_id: int, now: datetime) -> None:
+    conn.execute(
+        update(runner_sessions)
+        .where(_S.id == session_id, _S.closed_at.is_(None))
+        .values(last_seen_at=now)
+    )
+
+
+def detach_session(conn: Connection, session_id: int, now: datetime) -> bool:
+    res = conn.execute(
+        update(runner_sessions)
+        .where(_S.id == session_id, _S.closed_at.is_(None), _S.detached_at.is_(None))
+        .values(detached_at=now)
+    )
+    return res.rowcount == 1
+
+
+def sessions_detached_before(conn: Connection, cutoff: datetime) -> list[int]:
+    rows = conn.execute(select(_S.id).where(_S.closed_at.is_(None), _S.detached_at < cutoff))
+    return list(rows.scalars())
+
+
+def attached_sessions_silent_since(conn: Connection, cutoff: datetime) -> list[int]:
+    """Attached sessions whose last heartbeat is older than ``cutoff``."""
+    rows = conn.execute(
+        select(_S.id).where(
+            _S.closed_at.is_(None), _S.detached_at.is_(None), _S.last_seen_at < cutoff
+        )
+    )
+    return list(rows.scalars())
 
 
 def open_sessions_of_runner(conn: Connection, runner: str) -> list[int]:
@@ -148,17 +193,24 @@ def live_replica_count(conn: Connection, now: datetime) -> int:
     )
 
 
-def orphaned_open_sessions(conn: Connection, now: datetime) -> list[int]:
-    """Open sessions whose replica is gone: its lease expired, or it has no row at all."""
+def orphaned_attached_sessions(conn: Connection, replica_id: str, now: datetime) -> list[int]:
+    """Attached sessions of other replicas that are gone: lease expired, or no row."""
     live = select(replicas.c.id).where(replicas.c.lease_until >= now)
-    rows = conn.execute(select(_S.id).where(_S.closed_at.is_(None), _S.replica_id.not_in(live)))
+    rows = conn.execute(
+        select(_S.id).where(
+            _S.closed_at.is_(None),
+            _S.detached_at.is_(None),
+            _S.replica_id != replica_id,
+            _S.replica_id.not_in(live),
+        )
+    )
     return list(rows.scalars())
 
 
-def mark_runners_offline_without_sessions(conn: Connection, now: datetime) -> None:
-    open_names = select(_S.runner_name).where(_S.closed_at.is_(None))
+def expire_other_replicas(conn: Connection, replica_id: str, now: datetime) -> None:
+    """End the leases of every other replica (the embedded mode runs one process)."""
     conn.execute(
-        update(runners)
-        .where(_R.name.not_in(open_names), _R.state != RunnerState.OFFLINE.value)
-        .values(state=RunnerState.OFFLINE.value, last_seen_at=now)
+        update(replicas)
+        .where(replicas.c.id != replica_id, replicas.c.lease_until >= now)
+        .values(lease_until=now)
     )

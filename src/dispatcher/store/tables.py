@@ -164,6 +164,11 @@ runner_sessions = Table(
     Column("replica_id", String(64), nullable=False),
     Column("resume_token_hash", String(64), nullable=False),
     Column("opened_at", UtcDateTime, nullable=False),
+    # The last heartbeat; a session silent for longer than the heartbeat timeout is dead.
+    Column("last_seen_at", UtcDateTime, nullable=False),
+    # The stream is gone but the runner may re-attach with its resume token until the
+    # grace ends; its executions stay bound meanwhile.
+    Column("detached_at", UtcDateTime),
     Column("closed_at", UtcDateTime),
     Column("close_reason", Text),
 )

@@ -68,6 +68,16 @@ class AdminStub:
                 request_serializer=dispatcher_dot_v1_dot_admin__pb2.ListRunnersRequest.SerializeToString,
                 response_deserializer=dispatcher_dot_v1_dot_admin__pb2.ListRunnersResponse.FromString,
                 _registered_method=True)
+        self.DrainRunner = channel.unary_unary(
+                '/dispatcher.v1.Admin/DrainRunner',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.DrainRunnerRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.DrainRunnerResponse.FromString,
+                _registered_method=True)
+        self.UndrainRunner = channel.unary_unary(
+                '/dispatcher.v1.Admin/UndrainRunner',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.UndrainRunnerRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.UndrainRunnerResponse.FromString,
+                _registered_method=True)
         self.GetServerInfo = channel.unary_unary(
                 '/dispatcher.v1.Admin/GetServerInfo',
                 request_serializer=dispatcher_dot_v1_dot_admin__pb2.GetServerInfoRequest.SerializeToString,
@@ -146,6 +156,26 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainRunner(self, request, context):
+        """DrainRunner stops assigning to a runner; it finishes what it holds.
+
+        Changes: the runner becomes DRAINING (kept across reconnects) and its stream is
+        told Drain. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND (unknown runner).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndrainRunner(self, request, context):
+        """UndrainRunner lets a drained runner receive jobs again.
+
+        Changes: the runner becomes ONLINE (OFFLINE when not connected). Status codes:
+        INVALID_ARGUMENT (no name), NOT_FOUND (unknown runner).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetServerInfo(self, request, context):
         """GetServerInfo says what this dispatcher is.
 
@@ -187,6 +217,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListRunners,
                     request_deserializer=dispatcher_dot_v1_dot_admin__pb2.ListRunnersRequest.FromString,
                     response_serializer=dispatcher_dot_v1_dot_admin__pb2.ListRunnersResponse.SerializeToString,
+            ),
+            'DrainRunner': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainRunner,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.DrainRunnerRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.DrainRunnerResponse.SerializeToString,
+            ),
+            'UndrainRunner': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainRunner,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.UndrainRunnerRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.UndrainRunnerResponse.SerializeToString,
             ),
             'GetServerInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServerInfo,
@@ -360,6 +400,60 @@ class Admin:
             '/dispatcher.v1.Admin/ListRunners',
             dispatcher_dot_v1_dot_admin__pb2.ListRunnersRequest.SerializeToString,
             dispatcher_dot_v1_dot_admin__pb2.ListRunnersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainRunner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/DrainRunner',
+            dispatcher_dot_v1_dot_admin__pb2.DrainRunnerRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.DrainRunnerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainRunner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/UndrainRunner',
+            dispatcher_dot_v1_dot_admin__pb2.UndrainRunnerRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.UndrainRunnerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,18 @@ class AdminStub:
 
     Changes nothing.
     """
+    DrainRunner: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DrainRunnerRequest, _admin_pb2.DrainRunnerResponse]
+    """DrainRunner stops assigning to a runner; it finishes what it holds.
+
+    Changes: the runner becomes DRAINING (kept across reconnects) and its stream is
+    told Drain. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND (unknown runner).
+    """
+    UndrainRunner: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UndrainRunnerRequest, _admin_pb2.UndrainRunnerResponse]
+    """UndrainRunner lets a drained runner receive jobs again.
+
+    Changes: the runner becomes ONLINE (OFFLINE when not connected). Status codes:
+    INVALID_ARGUMENT (no name), NOT_FOUND (unknown runner).
+    """
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServerInfoRequest, _admin_pb2.GetServerInfoResponse]
     """GetServerInfo says what this dispatcher is.
 
@@ -131,6 +143,18 @@ class AdminAsyncStub(AdminStub):
     """ListRunners lists the runners known to the dispatcher, online ones first.
 
     Changes nothing.
+    """
+    DrainRunner: _aio.UnaryUnaryMultiCallable[_admin_pb2.DrainRunnerRequest, _admin_pb2.DrainRunnerResponse]  # type: ignore[assignment]
+    """DrainRunner stops assigning to a runner; it finishes what it holds.
+
+    Changes: the runner becomes DRAINING (kept across reconnects) and its stream is
+    told Drain. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND (unknown runner).
+    """
+    UndrainRunner: _aio.UnaryUnaryMultiCallable[_admin_pb2.UndrainRunnerRequest, _admin_pb2.UndrainRunnerResponse]  # type: ignore[assignment]
+    """UndrainRunner lets a drained runner receive jobs again.
+
+    Changes: the runner becomes ONLINE (OFFLINE when not connected). Status codes:
+    INVALID_ARGUMENT (no name), NOT_FOUND (unknown runner).
     """
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServerInfoRequest, _admin_pb2.GetServerInfoResponse]  # type: ignore[assignment]
     """GetServerInfo says what this dispatcher is.
@@ -219,6 +243,30 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         """ListRunners lists the runners known to the dispatcher, online ones first.
 
         Changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def DrainRunner(
+        self,
+        request: _admin_pb2.DrainRunnerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DrainRunnerResponse, _abc.Awaitable[_admin_pb2.DrainRunnerResponse]]:
+        """DrainRunner stops assigning to a runner; it finishes what it holds.
+
+        Changes: the runner becomes DRAINING (kept across reconnects) and its stream is
+        told Drain. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND (unknown runner).
+        """
+
+    @_abc_1.abstractmethod
+    def UndrainRunner(
+        self,
+        request: _admin_pb2.UndrainRunnerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.UndrainRunnerResponse, _abc.Awaitable[_admin_pb2.UndrainRunnerResponse]]:
+        """UndrainRunner lets a drained runner receive jobs again.
+
+        Changes: the runner becomes ONLINE (OFFLINE when not connected). Status codes:
+        INVALID_ARGUMENT (no name), NOT_FOUND (unknown runner).
         """
 
     @_abc_1.abstractmethod

@@ -159,12 +159,23 @@ class Welcome(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    EXECUTION_IDS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.int
     resume_token: _builtins.str
     """Send it in the next Hello after a disconnect to keep this session's executions."""
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
-        """Send a Heartbeat at least this often while holding executions."""
+        """Send a Heartbeat at least this often, holding executions or not: a session
+        silent for longer than the server's heartbeat timeout is closed and its jobs
+        follow their on-lost policy.
+        """
+
+    @_builtins.property
+    def execution_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The executions this session holds: those taken over from the session the resume
+        token named. A runner must stop any other execution it still runs: it was decided
+        while the runner was away.
+        """
 
     def __init__(
         self,
@@ -172,10 +183,11 @@ class Welcome(_message.Message):
         session_id: _builtins.int = ...,
         resume_token: _builtins.str = ...,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
+        execution_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "resume_token", b"resume_token", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_ids", b"execution_ids", "heartbeat_interval", b"heartbeat_interval", "resume_token", b"resume_token", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -453,7 +465,9 @@ Global___Cancel: _TypeAlias = Cancel  # noqa: Y015
 
 @_typing.final
 class Drain(_message.Message):
-    """Finish what you hold; nothing new will be assigned."""
+    """Finish what you hold; nothing new will be assigned until the runner is undrained.
+    The runner stays connected.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

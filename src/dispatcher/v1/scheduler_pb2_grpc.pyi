@@ -45,7 +45,9 @@ class SchedulerStub:
     its job's current one is refused (recorded in the job's history, answered with
     Cancel for that execution) and changes nothing.
     Changes: opens a session; binds jobs (QUEUED -> BUILDING); applies results.
-    When the stream ends, the jobs still bound to it follow their on-lost policy.
+    When the stream breaks, its executions stay bound for the re-attach grace: a runner
+    that connects again with the Welcome's resume token gets them back. After the
+    grace (or at once after a Goodbye) they follow their on-lost policy.
     Status codes: INVALID_ARGUMENT (first message not a Hello, bad capacity or
     platform), UNAVAILABLE (the dispatcher is shutting down; reconnect).
     """
@@ -67,7 +69,9 @@ class SchedulerAsyncStub(SchedulerStub):
     its job's current one is refused (recorded in the job's history, answered with
     Cancel for that execution) and changes nothing.
     Changes: opens a session; binds jobs (QUEUED -> BUILDING); applies results.
-    When the stream ends, the jobs still bound to it follow their on-lost policy.
+    When the stream breaks, its executions stay bound for the re-attach grace: a runner
+    that connects again with the Welcome's resume token gets them back. After the
+    grace (or at once after a Goodbye) they follow their on-lost policy.
     Status codes: INVALID_ARGUMENT (first message not a Hello, bad capacity or
     platform), UNAVAILABLE (the dispatcher is shutting down; reconnect).
     """
@@ -92,7 +96,9 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         its job's current one is refused (recorded in the job's history, answered with
         Cancel for that execution) and changes nothing.
         Changes: opens a session; binds jobs (QUEUED -> BUILDING); applies results.
-        When the stream ends, the jobs still bound to it follow their on-lost policy.
+        When the stream breaks, its executions stay bound for the re-attach grace: a runner
+        that connects again with the Welcome's resume token gets them back. After the
+        grace (or at once after a Goodbye) they follow their on-lost policy.
         Status codes: INVALID_ARGUMENT (first message not a Hello, bad capacity or
         platform), UNAVAILABLE (the dispatcher is shutting down; reconnect).
         """
