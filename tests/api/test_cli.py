@@ -20,10 +20,10 @@ from typing import IO, Any
 
 import pytest
 from click.testing import CliRunner, Result
-from dispatcher_runner import host_platform
 
 from dispatcher.cli import main
 from dispatcher.cli.client import Endpoint
+from dispatcher_runner import host_platform
 
 READY = re.compile(r"dispatcher listening on port (\d+) \((\w+)\)")
 START_SECONDS = 30.0

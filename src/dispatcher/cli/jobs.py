@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import click
-from dispatcher_runner import host_platform
 
 from dispatcher.cli import output
 from dispatcher.cli.client import (
@@ -24,6 +23,7 @@ from dispatcher.cli.client import (
 )
 from dispatcher.domain.states import JobState
 from dispatcher.v1 import admin_pb2, types_pb2
+from dispatcher_runner import host_platform
 
 # Pages asked for when following next_page_token (the server allows 1..1000).
 PAGE_SIZE = 500
