@@ -187,6 +187,9 @@ class Runner:
         self._session_id = 0
         self._resume_token = ""
         self._heartbeat_interval = config.heartbeat_interval
+        # Until a Welcome says otherwise: the dispatcher's default re-attach grace.
+        self._reattach_grace = 10.0
+        self._detached_since: float | None = None
         self._executions: dict[int, _Execution] = {}
         # Results sent (or to send) and not yet acknowledged; resent on every new stream.
         self._results: dict[int, scheduler_pb2.ConnectRequest] = {}
@@ -271,6 +274,7 @@ class Runner:
                     log.warning("stream to dispatcher %s lost: %s", self.config.server, exc)
                 if self._may_exit_unconnected():
                     break
+                await self._stop_jobs_past_the_grace()
                 delay = backoff.next_delay()
                 log.info("reconnecting in %.1fs (%d jobs running)", delay, len(self._executions))
                 await self._pause(delay)
@@ -279,6 +283,30 @@ class Runner:
             await self._abandon_all()
             await self._cancel_tasks()
             self._running = False
+
+    async def _stop_jobs_past_the_grace(self) -> None:
+        """Cut off from the dispatcher for longer than the re-attach grace, our jobs have
+        been decided without us (requeued elsewhere, or marked irrecoverable): running
+        them on would run them twice."""
+        now = asyncio.get_running_loop().time()
+        if self._detached_since is None:
+            self._detached_since = now
+            return
+        if now - self._detached_since <= self._reattach_grace:
+            return
+        for execution in self._executions.values():
+            if execution.ending is _Ending.ABANDONED:
+                continue
+            log.warning(
+                "execution %d: not re-attached within %.0fs; stopping job %d, which the "
+                "dispatcher has given up",
+                execution.execution_id,
+                self._reattach_grace,
+                execution.job_id,
+                extra={"execution_id": execution.execution_id, "job_id": execution.job_id},
+            )
+            execution.ending = _Ending.ABANDONED
+            self._spawn(self._kill(execution), f"kill {execution.execution_id}")
 
     # -- one stream ----------------------------------------------------------------
 
@@ -356,6 +384,9 @@ class Runner:
             self._resume_token = welcome.resume_token
         interval = welcome.heartbeat_interval.ToNanoseconds() / 1e9
         self._heartbeat_interval = interval if interval > 0 else self.config.heartbeat_interval
+        if welcome.HasField("reattach_grace"):
+            self._reattach_grace = welcome.reattach_grace.ToNanoseconds() / 1e9
+        self._detached_since = None
         log.info(
             "opened session %d on %s (holding %d executions); heartbeat every %.1fs",
             self._session_id,
@@ -379,12 +410,14 @@ class Runner:
             execution.ending = _Ending.ABANDONED
             self._spawn(self._kill(execution), f"kill {execution.execution_id}")
         for execution_id in [e for e in self._results if e not in held]:
+            # Still reported: the dispatcher refuses it and records the refusal in the
+            # job's history, which is where an operator will look for it.
             log.info(
-                "execution %d: the dispatcher decided it while we were away; result dropped",
+                "execution %d: the dispatcher decided it while we were away; reporting the "
+                "late result anyway",
                 execution_id,
                 extra={"execution_id": execution_id},
             )
-            del self._results[execution_id]
         self._unsent = [m for m in self._unsent if _execution_of(m) in held]
 
     async def _attach(self, call: _Call) -> None:

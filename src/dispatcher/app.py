@@ -121,6 +121,7 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> Se
         heartbeat_interval=settings.heartbeat_interval,
         lease_renewal=deadlines.replica_lease / 3,
         startup_hold=deadlines.reattach_grace + timedelta(seconds=1),
+        reattach_grace=deadlines.reattach_grace,
         shutdown_drain=timedelta(seconds=settings.shutdown_grace_seconds),
     )
     hub = Hub(jobs, executions, sessions, timing)

@@ -350,3 +350,34 @@ async def test_reflection_resolves_method_symbols(channel: grpc.aio.Channel) -> 
     assert found.WhichOneof("message_response") == "file_descriptor_response"
     assert missing.WhichOneof("message_response") == "error_response"
     assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+async def test_a_cancel_the_runner_ignores_is_forced_after_the_grace(database_url: str) -> None:
+    async with (
+        running_server(database_url, cancel_grace_seconds=0.3) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        runner, _ = await connect_runner(channel, "stubborn")
+        submitted = await admin(channel).SubmitJob(admin_pb2.SubmitJobRequest(spec=job_spec()))
+        assign = (await runner.next()).assign
+        await runner.send(accept=scheduler_pb2.Accept(execution_id=assign.execution_id))
+        await admin(channel).CancelJob(admin_pb2.CancelJobRequest(id=submitted.job.id))
+        assert (await runner.next()).cancel.execution_id == assign.execution_id  # ignored
+
+        async def forced() -> bool:
+            job = (await admin(channel).GetJob(admin_pb2.GetJobRequest(id=submitted.job.id))).job
+            return job.state == types_pb2.JOB_STATE_CANCELLED
+
+        await eventually(forced, timeout=5)
+        job = (await admin(channel).GetJob(admin_pb2.GetJobRequest(id=submitted.job.id))).job
+        assert "did not confirm within the grace" in job.info
+        # Its late result is refused: the execution was fenced.
+        await runner.send(
+            result=scheduler_pb2.Result(
+                execution_id=assign.execution_id, outcome=types_pb2.OUTCOME_SUCCEEDED
+            )
+        )
+        while (message := await runner.next()).WhichOneof("message") != "result_ack":
+            pass
+        assert not message.result_ack.applied
+        runner.call.cancel()

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,15 +41,24 @@ class ServerProcess:
 
 
 @contextmanager
-def dispatcher_server(database_url: str, workdir: Path, *extra: str) -> Iterator[ServerProcess]:
-    log = workdir / "dispatcher.log"
+def dispatcher_server(
+    database_url: str,
+    workdir: Path,
+    *extra: str,
+    port: int = 0,
+    settings: dict[str, str] | None = None,
+    log_name: str = "dispatcher.log",
+) -> Iterator[ServerProcess]:
+    """``settings``: Settings fields (e.g. reattach_grace_seconds) given as DISPATCHER_*."""
+    log = workdir / log_name
+    env = {**os.environ, **{f"DISPATCHER_{k.upper()}": v for k, v in (settings or {}).items()}}
     with log.open("w") as out:
         process = subprocess.Popen(
             [
                 tool("dispatcher"),
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                f"127.0.0.1:{port}",
                 "--database",
                 database_url,
                 "--migrate",
@@ -58,6 +68,7 @@ def dispatcher_server(database_url: str, workdir: Path, *extra: str) -> Iterator
             stderr=out,
             text=True,
             cwd=workdir,
+            env=env,
         )
     try:
         port = _read_port(process, log)
@@ -102,6 +113,7 @@ def runner_process(
 
 def stop(process: subprocess.Popen[str], timeout: float = 10.0) -> None:
     if process.poll() is None:
+        process.send_signal(signal.SIGCONT)  # a frozen process cannot act on SIGTERM
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout)
@@ -110,3 +122,15 @@ def stop(process: subprocess.Popen[str], timeout: float = 10.0) -> None:
             process.wait()
     if process.stdout:
         process.stdout.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def kill_hard(process: subprocess.Popen[str]) -> None:
+    """kill -9: no clean-up, no goodbye."""
+    process.send_signal(signal.SIGKILL)
+    process.wait()

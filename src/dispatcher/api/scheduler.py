@@ -39,12 +39,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         session = await self._hub.open(convert.hello_from_proto(first.hello))
         interval = Duration()
         interval.FromTimedelta(self._hub.timing.heartbeat_interval)
+        grace = Duration()
+        grace.FromTimedelta(self._hub.timing.reattach_grace)
         yield scheduler_pb2.ConnectResponse(
             welcome=scheduler_pb2.Welcome(
                 session_id=session.id,
                 resume_token=session.resume_token,
                 heartbeat_interval=interval,
                 execution_ids=sorted(session.held),
+                reattach_grace=grace,
             )
         )
         reason, goodbye = "the stream ended", False

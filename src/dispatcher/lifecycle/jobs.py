@@ -207,9 +207,10 @@ class Jobs:
     def _claim(self, conn: Connection, demands: Sequence[Demand]) -> list[Assignment]:
         now = self._ctx.clock.now()
         bound: list[tuple[int, int]] = []  # (session id, job id)
+        # A session closed meanwhile (by this or another replica) must not get work.
+        open_sessions = runner_store.lock_open_sessions(conn, [d.session_id for d in demands])
         for demand in demands:
-            # A session closed meanwhile (by this or another replica) must not get work.
-            if not runner_store.lock_open_session(conn, demand.session_id):
+            if demand.session_id not in open_sessions:
                 continue
             candidates = store.claimable_jobs(
                 conn, demand.platform, demand.labels, demand.slots, now

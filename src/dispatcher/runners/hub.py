@@ -78,6 +78,8 @@ class HubTiming:
     # On start-up, how long to hold new assignments while runners of a previous run
     # re-attach (the re-attach grace), so their jobs are decided first.
     startup_hold: timedelta = timedelta(seconds=10)
+    # Told to runners in Welcome: how long their executions wait for a re-attach.
+    reattach_grace: timedelta = timedelta(seconds=10)
     # On shutdown, how long running jobs may finish before streams are cut.
     shutdown_drain: timedelta = timedelta(seconds=5)
 

@@ -48,15 +48,25 @@ class Database:
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
-            incident = uuid.uuid4().hex[:12]
-            log.error("database operation failed (incident %s)", incident, exc_info=exc)
-            raise Unavailable(
-                f"the database is unavailable; try again (incident {incident})"
-            ) from exc
+            raise _unavailable(exc) from exc
 
     def run_sync(self, work: Callable[[Connection], T]) -> T:
-        with self.transaction() as conn:
-            return work(conn)
+        """Run ``work`` in one transaction; run it again when PostgreSQL aborted it as a
+        deadlock victim or a serialization failure (nothing of it was committed)."""
+        for attempt in range(1, RETRIES + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except OperationalError as exc:
+                if attempt < RETRIES and _retryable(exc):
+                    log.info(
+                        "transaction retried (attempt %d): %s",
+                        attempt,
+                        getattr(exc.orig, "pgcode", "?"),
+                    )
+                    continue
+                raise _unavailable(exc) from exc
+        raise AssertionError("unreachable")
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one transaction on a database thread."""
@@ -71,6 +81,22 @@ class Database:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.engine.dispose()
+
+
+RETRIES = 5
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction was rolled
+# back whole and may simply run again.
+_RETRYABLE_PGCODES = frozenset({"40P01", "40001"})
+
+
+def _retryable(exc: OperationalError) -> bool:
+    return getattr(exc.orig, "pgcode", None) in _RETRYABLE_PGCODES
+
+
+def _unavailable(exc: OperationalError) -> Unavailable:
+    incident = uuid.uuid4().hex[:12]
+    log.error("database operation failed (incident %s)", incident, exc_info=exc)
+    return Unavailable(f"the database is unavailable; try again (incident {incident})")
 
 
 def _create_engine(url: str, kind: str) -> Engine:

@@ -86,13 +86,16 @@ def open_session(
     )
 
 
-def lock_open_session(conn: Connection, session_id: int) -> bool:
-    """Whether the session is still open, holding its row until the transaction ends so
-    that a concurrent close waits for this transaction (and then sees its executions)."""
-    query = select(_S.id).where(_S.id == session_id, _S.closed_at.is_(None))
+def lock_open_sessions(conn: Connection, session_ids: list[int]) -> set[int]:
+    """Which of these sessions are still open, holding them until the transaction ends
+    so that a concurrent close waits for this transaction (and then sees what it bound).
+
+    PostgreSQL: FOR KEY SHARE, in id order. Heartbeats (plain UPDATEs of the row) pass
+    it; ``close_session`` takes FOR UPDATE, which waits for it."""
+    query = select(_S.id).where(_S.id.in_(sorted(session_ids)), _S.closed_at.is_(None))
     if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    return conn.execute(query).first() is not None
+        query = query.order_by(_S.id).with_for_update(key_share=True, read=True)
+    return set(conn.execute(query).scalars())
 
 
 def resumable_session(conn: Connection, runner: str, resume_token_hash: str) -> int | None:
@@ -145,7 +148,9 @@ def open_sessions_of_runner(conn: Connection, runner: str) -> list[int]:
 
 
 def close_session(conn: Connection, session_id: int, reason: str, now: datetime) -> bool:
-    # UPDATE takes the row lock that lock_open_session holds during a claim.
+    if conn.dialect.name == "postgresql":
+        # Wait for claims binding jobs to this session (see lock_open_sessions).
+        conn.execute(select(_S.id).where(_S.id == session_id).with_for_update())
     res = conn.execute(
         update(runner_sessions)
         .where(_S.id == session_id, _S.closed_at.is_(None))

@@ -160,6 +160,7 @@ class Welcome(_message.Message):
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     EXECUTION_IDS_FIELD_NUMBER: _builtins.int
+    REATTACH_GRACE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.int
     resume_token: _builtins.str
     """Send it in the next Hello after a disconnect to keep this session's executions."""
@@ -177,6 +178,13 @@ class Welcome(_message.Message):
         while the runner was away.
         """
 
+    @_builtins.property
+    def reattach_grace(self) -> _duration_pb2.Duration:
+        """How long this session's executions wait for the runner to re-attach after its
+        stream breaks. A runner that cannot re-attach within it stops its jobs: the
+        dispatcher has requeued them (or marked them irrecoverable) by then.
+        """
+
     def __init__(
         self,
         *,
@@ -184,10 +192,11 @@ class Welcome(_message.Message):
         resume_token: _builtins.str = ...,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         execution_ids: _abc.Iterable[_builtins.int] | None = ...,
+        reattach_grace: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "reattach_grace", b"reattach_grace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_ids", b"execution_ids", "heartbeat_interval", b"heartbeat_interval", "resume_token", b"resume_token", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_ids", b"execution_ids", "heartbeat_interval", b"heartbeat_interval", "reattach_grace", b"reattach_grace", "resume_token", b"resume_token", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
