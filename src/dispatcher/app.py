@@ -22,7 +22,7 @@ from dispatcher.api.distributor import DistributorServicer
 from dispatcher.api.errors import ErrorMappingInterceptor
 from dispatcher.api.reflection import enable_reflection
 from dispatcher.api.scheduler import SchedulerServicer
-from dispatcher.domain.clock import Clock, SystemClock
+from dispatcher.domain.clock import Clock
 from dispatcher.domain.errors import Unavailable
 from dispatcher.lifecycle.batching import GroupCommit
 from dispatcher.lifecycle.context import Context
@@ -33,6 +33,7 @@ from dispatcher.lifecycle.sessions import Sessions
 from dispatcher.runners.hub import Hub, HubTiming
 from dispatcher.settings import Settings
 from dispatcher.store import migrate
+from dispatcher.store.clock import DatabaseClock
 from dispatcher.store.database import Database
 from dispatcher.v1 import (
     admin_pb2,
@@ -44,6 +45,8 @@ from dispatcher.v1 import (
 )
 
 log = logging.getLogger(__name__)
+
+CLOCK_REFRESH_SECONDS = 30.0
 
 SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -63,9 +66,13 @@ class Server:
     commits: GroupCommit
     health: HealthServicer
     port: int
+    database_clock: DatabaseClock | None = None
+    _clock_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.commits.start()
+        if self.database_clock is not None:
+            self._clock_task = asyncio.create_task(self._keep_clock(self.database_clock))
         # One process per SQLite file: any other replica row there is a dead run of ours.
         await self.hub.start(sole_replica=self.db.kind == "sqlite")
         await self.grpc_server.start()
@@ -73,7 +80,21 @@ class Server:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("dispatcher serving on port %d (%s)", self.port, self.db.kind)
 
+    async def _keep_clock(self, clock: DatabaseClock) -> None:
+        while True:
+            await asyncio.sleep(CLOCK_REFRESH_SECONDS)
+            try:
+                offset = await self.db.call(clock.measure)
+            except Exception:
+                log.warning(
+                    "could not read the database clock; keeping the last offset", exc_info=True
+                )
+            else:
+                log.debug("database clock offset %.3f s", offset.total_seconds())
+
     async def stop(self) -> None:
+        if self._clock_task is not None:
+            self._clock_task.cancel()
         await self.health.enter_graceful_shutdown()
         await self.hub.stop()
         await self.grpc_server.stop(1.0)
@@ -101,8 +122,15 @@ def prepare_database(settings: Settings) -> Database:
 
 
 async def create_server(settings: Settings, *, clock: Clock | None = None) -> Server:
-    clock = clock or SystemClock()
+    """Build a dispatcher. Deadlines follow the database's clock (shared by every
+    replica) unless a ``clock`` is given, as tests do."""
     db = await asyncio.to_thread(prepare_database, settings)
+    database_clock = None
+    if clock is None:
+        database_clock = DatabaseClock(db)
+        offset = await db.call(database_clock.measure)
+        log.info("database clock offset %.3f s", offset.total_seconds())
+        clock = database_clock
     replica_id = f"{uuid.uuid4().hex[:12]}"
     commits = GroupCommit(db)
     deadlines = settings.deadlines()
@@ -159,7 +187,7 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> Se
     if port == 0:
         db.close()
         raise Unavailable(f"cannot listen on {settings.listen}: address in use or invalid")
-    return Server(settings, db, server, hub, commits, health, port)
+    return Server(settings, db, server, hub, commits, health, port, database_clock)
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:

@@ -16,8 +16,10 @@ import grpc
 import pytest
 from sqlalchemy import select
 
+from dispatcher.domain.states import TRANSITIONS
+from dispatcher.store import jobs as job_store
 from dispatcher.store.database import Database
-from dispatcher.store.tables import executions
+from dispatcher.store.tables import executions, job_events
 from dispatcher.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 from tests.support.eventually import eventually_sync
 from tests.support.processes import (
@@ -40,6 +42,7 @@ FAST = {
     "cancel_grace_seconds": "1",
     "shutdown_grace_seconds": "0",
 }
+ENDS_EXECUTION = {t.event for t in TRANSITIONS if t.ends_execution}
 BUILDING = types_pb2.JOB_STATE_BUILDING
 TERMINAL = {
     types_pb2.JOB_STATE_SUCCEEDED,
@@ -292,6 +295,9 @@ def test_two_runners_never_bind_one_job_twice(database_url: str, tmp_path: Path)
     db = Database(database_url)
     try:
         with db.transaction() as conn:
+            history = conn.execute(
+                select(job_events.c.job_id, job_events.c.kind).order_by(job_events.c.id)
+            ).all()
             rows = conn.execute(
                 select(
                     executions.c.job_id,
@@ -312,8 +318,42 @@ def test_two_runners_never_bind_one_job_twice(database_url: str, tmp_path: Path)
         if any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
     ]
     assert overlapping == []
+    # The same from the event history: a job is never "started" again before the
+    # execution that started it ended (finished, failed, reclaimed, refused, ...).
+    bound: set[int] = set()
+    for job_id, kind in history:
+        if kind == "started":
+            assert job_id not in bound, f"job {job_id} bound to two live executions"
+            bound.add(job_id)
+        elif kind in ENDS_EXECUTION:
+            bound.discard(job_id)
     assert {r[3] for r in rows} == {"a", "b"}
     print(
         f"\nFIGURE two runners: {count} jobs, {len(rows)} executions, 0 bound twice, "
         f"{count / took:.0f} jobs/s"
     )
+
+
+def test_sigterm_lets_running_jobs_finish_before_the_dispatcher_exits(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = {**FAST, "shutdown_grace_seconds": "10"}
+    with dispatcher_server(database_url, tmp_path, settings=settings) as server:
+        with (
+            admin_of(server) as admin,
+            runner_process(server.address, "r1", tmp_path, *runner_args(1)),
+        ):
+            [job_id] = submit(admin, ["sleep", "1"], 1, types_pb2.ON_LOST_POLICY_IRRECOVERABLE)
+            wait_for(lambda: states(admin, [job_id]) == [BUILDING], 20)
+            server.process.send_signal(signal.SIGTERM)
+            server.process.wait(15)
+        assert server.process.returncode == 0
+    # The server is gone; the database says how the job ended.
+    db = Database(database_url)
+    try:
+        with db.transaction() as conn:
+            job = job_store.get_job(conn, job_id)
+    finally:
+        db.close()
+    assert job is not None
+    assert job.state.value == "SUCCEEDED"
