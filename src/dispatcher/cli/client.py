@@ -104,6 +104,14 @@ class Admin:
     def list_runners(self) -> list[types_pb2.Runner]:
         return list(self._stub.ListRunners(admin_pb2.ListRunnersRequest(), **self._kwargs).runners)
 
+    def drain_runner(self, name: str, reason: str) -> types_pb2.Runner:
+        request = admin_pb2.DrainRunnerRequest(name=name, reason=reason)
+        return self._stub.DrainRunner(request, **self._kwargs).runner
+
+    def undrain_runner(self, name: str) -> types_pb2.Runner:
+        request = admin_pb2.UndrainRunnerRequest(name=name)
+        return self._stub.UndrainRunner(request, **self._kwargs).runner
+
     def server_info(self) -> admin_pb2.GetServerInfoResponse:
         return self._stub.GetServerInfo(admin_pb2.GetServerInfoRequest(), **self._kwargs)
 

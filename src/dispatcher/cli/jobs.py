@@ -344,6 +344,33 @@ def list_runners(admin: Admin, as_json: bool) -> None:
         click.echo(output.runner_table(found, datetime.now(UTC)) if found else "no runners")
 
 
+@runners.command("drain")
+@admin_command
+@click.argument("name")
+@click.option("--reason", default="", help="Why, for the runner's log and the history.")
+@_json_option
+def drain_runner(admin: Admin, name: str, reason: str, as_json: bool) -> None:
+    """Let runner NAME finish what it holds and give it nothing new."""
+    _show_runner(admin.drain_runner(name, reason), as_json)
+
+
+@runners.command("undrain")
+@admin_command
+@click.argument("name")
+@_json_option
+def undrain_runner(admin: Admin, name: str, as_json: bool) -> None:
+    """Give runner NAME work again."""
+    _show_runner(admin.undrain_runner(name), as_json)
+
+
+def _show_runner(runner: types_pb2.Runner, as_json: bool) -> None:
+    if as_json:
+        click.echo(output.to_json(runner))
+    else:
+        state = output.enum_label(types_pb2.RunnerState.DESCRIPTOR, runner.state)
+        click.echo(f"runner {runner.name} {state}")
+
+
 # --- server ---------------------------------------------------------------------------------
 
 
