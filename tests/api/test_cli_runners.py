@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 from tests.support.eventually import eventually_sync
-from tests.support.processes import dispatcher_server, runner_process, tool
-
-
-def run_cli(address: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [tool("dispatcher"), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "DISPATCHER_SERVER": address},
-    )
+from tests.support.processes import dispatcher_server, run_cli, runner_process
 
 
 def test_drain_and_undrain_a_connected_runner(tmp_path: Path) -> None:

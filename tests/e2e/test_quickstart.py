@@ -4,7 +4,6 @@ submitted with grpcurl JSON and with the CLI; on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.eventually import eventually_sync
-from tests.support.processes import ServerProcess, dispatcher_server, runner_process, tool
+from tests.support.processes import (
+    ServerProcess,
+    dispatcher_server,
+    run_cli,
+    runner_process,
+    tool,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -37,14 +42,7 @@ def grpcurl(server: ServerProcess, *args: str, data: object | None = None) -> st
 
 
 def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [tool("dispatcher"), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "DISPATCHER_SERVER": server.address},
-    )
+    return run_cli(server.address, *args)
 
 
 def job_state(server: ServerProcess, job_id: str) -> dict[str, object]:

@@ -134,3 +134,16 @@ def kill_hard(process: subprocess.Popen[str]) -> None:
     """kill -9: no clean-up, no goodbye."""
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def run_cli(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a ``dispatcher`` client command against ``address`` (given through the
+    environment, so nothing after ``--`` is taken for a flag)."""
+    return subprocess.run(
+        [tool("dispatcher"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "DISPATCHER_SERVER": address},
+    )

@@ -5,7 +5,7 @@ else is refused and recorded in the job's history."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -24,10 +24,28 @@ from dispatcher.lifecycle.transitions import apply, event_row, refuse_stale
 from dispatcher.store import jobs as store
 from dispatcher.store import runners as runner_store
 
+# The work a fenced report does once its execution is known to speak for its job.
+Act = Callable[[Connection, Job, datetime], Verdict]
+
 
 class Executions:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+
+    async def _fenced(
+        self, session_id: int, runner: str, execution_id: int, what: str, act: Act
+    ) -> Verdict:
+        """Run ``act`` in a group commit if ``execution_id`` may still speak for its job;
+        otherwise return (and record) the refusal."""
+
+        def work(conn: Connection) -> Verdict:
+            now = self._ctx.clock.now()
+            fenced = _fence(conn, session_id, execution_id, now, runner, what)
+            if isinstance(fenced, Verdict):
+                return fenced
+            return act(conn, fenced[0], now)
+
+        return await self._ctx.commits.submit(work)
 
     async def report_result(self, session_id: int, runner: str, report: ResultReport) -> Verdict:
         if report.outcome not in OUTCOME_TRANSITIONS:
@@ -35,97 +53,67 @@ class Executions:
                 "result.outcome must be SUCCEEDED, FAILED or IRRECOVERABLE, "
                 f"not {report.outcome.value}"
             )
-        return await self._ctx.commits.submit(
-            lambda conn: self._result(conn, session_id, runner, report)
-        )
-
-    def _result(
-        self, conn: Connection, session_id: int, runner: str, report: ResultReport
-    ) -> Verdict:
-        now = self._ctx.clock.now()
-        fenced = _fence(conn, session_id, report.execution_id, now, runner, "result")
-        if isinstance(fenced, Verdict):
-            return fenced
-        job, _ = fenced
         transition = OUTCOME_TRANSITIONS[report.outcome]
-        store.finish_execution(
-            conn,
-            report.execution_id,
-            report.outcome,
-            now,
-            info=report.info,
-            logtail=report.logtail,
-            result=report.data,
-        )
-        apply(conn, job, transition, now, actor=f"runner:{runner}", cause=report.info)
-        return Verdict(True, job_id=job.id, new_state=transition.target)
+
+        def act(conn: Connection, job: Job, now: datetime) -> Verdict:
+            store.finish_execution(
+                conn,
+                report.execution_id,
+                report.outcome,
+                now,
+                info=report.info,
+                logtail=report.logtail,
+                result=report.data,
+            )
+            apply(conn, job, transition, now, actor=f"runner:{runner}", cause=report.info)
+            return Verdict(True, job_id=job.id, new_state=transition.target)
+
+        return await self._fenced(session_id, runner, report.execution_id, "result", act)
 
     async def accept(self, session_id: int, runner: str, execution_id: int) -> Verdict:
-        def work(conn: Connection) -> Verdict:
-            now = self._ctx.clock.now()
-            fenced = _fence(conn, session_id, execution_id, now, runner, "accept")
-            if isinstance(fenced, Verdict):
-                return fenced
+        def act(conn: Connection, job: Job, now: datetime) -> Verdict:
             store.mark_execution(conn, execution_id, "accepted_at", now)
-            return Verdict(True, job_id=fenced[0].id)
-
-        return await self._ctx.commits.submit(work)
-
-    async def commit_point(self, session_id: int, runner: str, execution_id: int) -> Verdict:
-        def work(conn: Connection) -> Verdict:
-            now = self._ctx.clock.now()
-            fenced = _fence(conn, session_id, execution_id, now, runner, "commit point")
-            if isinstance(fenced, Verdict):
-                return fenced
-            job, _ = fenced
-            if store.mark_execution(conn, execution_id, "committed_at", now):
-                store.insert_events(
-                    conn,
-                    [
-                        event_row(
-                            job.id,
-                            "commit-point",
-                            now,
-                            actor=f"runner:{runner}",
-                            cause="the irreversible step started",
-                            execution_id=execution_id,
-                        )
-                    ],
-                )
             return Verdict(True, job_id=job.id)
 
-        return await self._ctx.commits.submit(work)
+        return await self._fenced(session_id, runner, execution_id, "accept", act)
+
+    async def commit_point(self, session_id: int, runner: str, execution_id: int) -> Verdict:
+        def act(conn: Connection, job: Job, now: datetime) -> Verdict:
+            if store.mark_execution(conn, execution_id, "committed_at", now):
+                event = event_row(
+                    job.id,
+                    "commit-point",
+                    now,
+                    actor=f"runner:{runner}",
+                    cause="the irreversible step started",
+                    execution_id=execution_id,
+                )
+                store.insert_events(conn, [event])
+            return Verdict(True, job_id=job.id)
+
+        return await self._fenced(session_id, runner, execution_id, "commit point", act)
 
     async def refuse(self, session_id: int, runner: str, execution_id: int, reason: str) -> Verdict:
-        def work(conn: Connection) -> Verdict:
-            now = self._ctx.clock.now()
-            fenced = _fence(conn, session_id, execution_id, now, runner, "refusal")
-            if isinstance(fenced, Verdict):
-                return fenced
-            job, _ = fenced
-            cause = f"refused by runner {runner}: {reason or 'no reason given'}"
+        cause = f"refused by runner {runner}: {reason or 'no reason given'}"
+
+        def act(conn: Connection, job: Job, now: datetime) -> Verdict:
             store.finish_execution(conn, execution_id, Outcome.LOST, now, info=cause)
             apply(conn, job, REFUSE, now, actor=f"runner:{runner}", cause=cause)
             return Verdict(True, job_id=job.id, new_state=JobState.QUEUED)
 
-        verdict = await self._ctx.commits.submit(work)
+        verdict = await self._fenced(session_id, runner, execution_id, "refusal", act)
         if verdict.applied:
             self._ctx.wake()
         return verdict
 
     async def cancel_ack(self, session_id: int, runner: str, execution_id: int) -> Verdict:
-        def work(conn: Connection) -> Verdict:
-            now = self._ctx.clock.now()
-            fenced = _fence(conn, session_id, execution_id, now, runner, "cancel-ack")
-            if isinstance(fenced, Verdict):
-                return fenced
-            job, _ = fenced
+        def act(conn: Connection, job: Job, now: datetime) -> Verdict:
             cause = "the runner stopped it" if job.cancel_requested else "stopped by the runner"
             store.finish_execution(conn, execution_id, Outcome.CANCELLED, now, info=cause)
             apply(conn, job, CONFIRM_CANCEL, now, actor=f"runner:{runner}", cause=cause)
             return Verdict(True, job_id=job.id, new_state=JobState.CANCELLED)
 
-        return await self._ctx.commits.submit(work)
+        return await self._fenced(session_id, runner, execution_id, "cancel-ack", act)
 
     async def heartbeat(
         self,
