@@ -29,6 +29,7 @@ _database = click.option(
 def register(group: click.Group) -> None:
     group.add_command(serve)
     group.add_command(migrate)
+    group.add_command(config)
 
 
 @click.command()
@@ -85,3 +86,29 @@ def migrate(config_path: Path | None, database_url: str | None) -> None:
         click.echo(f"schema already current (revision {after})")
     else:
         click.echo(f"schema migrated from {before or 'empty'} to {after}")
+
+
+@click.group()
+def config() -> None:
+    """Check configuration files."""
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def check(path: Path) -> None:
+    """Validate the TOML config file PATH and explain each error; exit 1 if any."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    try:
+        Settings.load(path)
+    except tomllib.TOMLDecodeError as exc:
+        raise click.ClickException(f"{path}: not valid TOML: {exc}") from None
+    except ValidationError as exc:
+        lines = [f"{path}: {exc.error_count()} error(s):"]
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(file)"
+            lines.append(f"  {where}: {error['msg']}")
+        raise click.ClickException("\n".join(lines)) from None
+    click.echo(f"{path}: OK")
