@@ -257,6 +257,24 @@ async def test_a_bad_hello_is_invalid_argument(channel: grpc.aio.Channel) -> Non
             "spec.payload is larger than the limit",
         ),
         (
+            "SubmitJob",
+            admin_pb2.SubmitJobRequest(spec=job_spec(coalesce_keys=["repo:x"])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.coalesce_keys is not supported by this dispatcher yet",
+        ),
+        (
+            "SubmitJob",
+            admin_pb2.SubmitJobRequest(spec=job_spec(dedupe_key="tag-1")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.dedupe_key is not supported",
+        ),
+        (
+            "SubmitJob",
+            admin_pb2.SubmitJobRequest(spec=job_spec(distributor="buildbucket")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.distributor is not supported",
+        ),
+        (
             "SubmitJobs",
             admin_pb2.SubmitJobsRequest(),
             grpc.StatusCode.INVALID_ARGUMENT,

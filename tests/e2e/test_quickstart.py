@@ -45,6 +45,10 @@ def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli(server.address, *args)
 
 
+def submit_shell(server: ServerProcess, script: str) -> subprocess.CompletedProcess[str]:
+    return cli(server, "submit", "--platform", PLATFORM, "--json", "--", "sh", "-c", script)
+
+
 def job_state(server: ServerProcess, job_id: str) -> dict[str, object]:
     found = json.loads(grpcurl(server, "dispatcher.v1.Admin/GetJob", data={"id": job_id}))
     return found["job"]  # type: ignore[no-any-return]
@@ -79,32 +83,10 @@ def test_jobs_from_grpcurl_and_the_cli_run_on_a_real_runner(
     )["job"]
     assert by_grpcurl["state"] == "JOB_STATE_QUEUED"
 
-    submitted = cli(
-        server,
-        "submit",
-        "--platform",
-        PLATFORM,
-        "--json",
-        "--",
-        "sh",
-        "-c",
-        "echo built by the cli",
-    )
+    submitted = submit_shell(server, "echo built by the cli")
     assert submitted.returncode == 0, submitted.stderr
     by_cli = json.loads(submitted.stdout)
-    failing = json.loads(
-        cli(
-            server,
-            "submit",
-            "--platform",
-            PLATFORM,
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            "echo broken >&2; exit 3",
-        ).stdout
-    )
+    failing = json.loads(submit_shell(server, "echo broken >&2; exit 3").stdout)
 
     with runner_process(
         server.address, "e2e-runner", tmp_path, "--platform", PLATFORM, "--capacity", "2"

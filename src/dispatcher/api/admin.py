@@ -13,11 +13,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from dispatcher import __version__
 from dispatcher.api import convert
 from dispatcher.domain.clock import Clock
-from dispatcher.domain.errors import InvalidInput, NotFound
+from dispatcher.domain.errors import InvalidInput
 from dispatcher.lifecycle.jobs import Jobs, encode_page_token
 from dispatcher.lifecycle.sessions import Sessions
 from dispatcher.runners.hub import Hub
-from dispatcher.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+from dispatcher.v1 import admin_pb2, admin_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -99,21 +99,17 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.DrainRunnerRequest, context: Context
     ) -> admin_pb2.DrainRunnerResponse:
         _require_name(request.name)
-        await self._hub.set_draining(request.name, True, request.reason or "drained by admin")
-        return admin_pb2.DrainRunnerResponse(runner=await self._runner(request.name))
+        runner = await self._hub.set_draining(
+            request.name, True, request.reason or "drained by admin"
+        )
+        return admin_pb2.DrainRunnerResponse(runner=convert.runner_to_proto(runner))
 
     async def UndrainRunner(
         self, request: admin_pb2.UndrainRunnerRequest, context: Context
     ) -> admin_pb2.UndrainRunnerResponse:
         _require_name(request.name)
-        await self._hub.set_draining(request.name, False, "")
-        return admin_pb2.UndrainRunnerResponse(runner=await self._runner(request.name))
-
-    async def _runner(self, name: str) -> types_pb2.Runner:
-        for runner in await self._sessions.list_runners():
-            if runner.name == name:
-                return convert.runner_to_proto(runner)
-        raise NotFound(f"runner {name!r} is not known to this dispatcher")
+        runner = await self._hub.set_draining(request.name, False, "")
+        return admin_pb2.UndrainRunnerResponse(runner=convert.runner_to_proto(runner))
 
     async def GetServerInfo(
         self, request: admin_pb2.GetServerInfoRequest, context: Context

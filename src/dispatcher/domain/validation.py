@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from dispatcher.domain.errors import InvalidInput, LimitExceeded
 from dispatcher.domain.model import JobSpec, RunnerHello
 
+# The one distributor there is: the pool of runners holding Connect streams.
+RUNNER_POOL = "runners"
+
 # A label or platform: printable, no spaces or commas, so that it reads the same in
 # a CLI flag, a URL and a log line.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/=+-]*$")
@@ -45,17 +48,33 @@ def _check_labels(labels: frozenset[str], what: str, limits: Limits) -> None:
         _check_name(label, what, limits)
 
 
+def _refuse_unsupported(spec: JobSpec) -> None:
+    # Accepting these and ignoring them would be worse than refusing them: a submitter
+    # relying on a coalesce key would get two builds at once. They arrive with the
+    # scheduling rules (SPEC §5.4, §5.5) and distributor adapters (SPEC §7).
+    unsupported = [
+        name
+        for name, given in (
+            ("coalesce_keys", bool(spec.coalesce_keys)),
+            ("dedupe_key", bool(spec.dedupe_key)),
+            ("origin_time", spec.origin_time is not None),
+            ("distributor", spec.distributor not in ("", RUNNER_POOL)),
+        )
+        if given
+    ]
+    if unsupported:
+        raise InvalidInput(
+            f"spec.{unsupported[0]} is not supported by this dispatcher yet; leave it empty"
+        )
+
+
 def check_spec(spec: JobSpec, limits: Limits) -> None:
     """Raise InvalidInput/LimitExceeded when ``spec`` cannot be accepted."""
+    _refuse_unsupported(spec)
     if not spec.platform:
         raise InvalidInput("spec.platform is required (for example 'linux/x86_64')")
     _check_name(spec.platform, "spec.platform", limits)
     _check_labels(spec.labels, "spec.labels", limits)
-    for key in sorted(spec.coalesce_keys):
-        if not key or len(key) > limits.max_label_length:
-            raise InvalidInput(
-                f"spec.coalesce_keys: each key must be 1..{limits.max_label_length} characters"
-            )
     if not spec.command and not spec.payload and not spec.distributor:
         raise InvalidInput("spec.command is required: the command line the runner executes")
     if len(spec.command) > limits.max_command_args:

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from dispatcher.domain.errors import Conflict, InvalidInput, NotFound
+from dispatcher.domain.validation import RUNNER_POOL
 from dispatcher.lifecycle.context import Context
 from dispatcher.store import jobs as store
-
-RUNNER_POOL = "runners"
 
 
 @dataclass(frozen=True)

@@ -140,10 +140,10 @@ class Sessions:
     async def list_runners(self) -> list[Runner]:
         return await self._ctx.db.run(store.list_runners)
 
-    async def set_draining(self, name: str, draining: bool) -> list[int]:
-        """Drain (or undrain) a runner by name; returns its attached session ids."""
+    async def set_draining(self, name: str, draining: bool) -> Runner:
+        """Drain (or undrain) a runner by name; returns the runner as it is now."""
 
-        def work(conn: Connection) -> list[int]:
+        def work(conn: Connection) -> Runner:
             if store.runner_state(conn, name) is None:
                 raise NotFound(f"runner {name!r} is not known to this dispatcher")
             sessions = store.open_sessions_of_runner(conn, name)
@@ -152,12 +152,13 @@ class Sessions:
             else:
                 state = RunnerState.ONLINE if sessions else RunnerState.OFFLINE
             store.set_runner_state(conn, name, state, self._ctx.clock.now())
-            return sessions
+            [runner] = store.list_runners(conn, name)
+            return runner
 
-        sessions = await self._ctx.db.run(work)
+        runner = await self._ctx.db.run(work)
         if not draining:
             self._ctx.wake()
-        return sessions
+        return runner
 
     # --- deadlines ----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from dispatcher.domain.model import Assignment, ResultReport, RunnerHello, Verdict
+from dispatcher.domain.model import Assignment, ResultReport, Runner, RunnerHello, Verdict
 from dispatcher.lifecycle.executions import Executions
 from dispatcher.lifecycle.jobs import CancelOrder, Demand, Jobs
 from dispatcher.lifecycle.sessions import Sessions
@@ -213,8 +213,8 @@ class Hub:
         session.send(order)
         return True
 
-    async def set_draining(self, name: str, draining: bool, reason: str) -> None:
-        await self._sessions.set_draining(name, draining)
+    async def set_draining(self, name: str, draining: bool, reason: str) -> Runner:
+        runner = await self._sessions.set_draining(name, draining)
         for session in self._live.values():
             if session.name == name:
                 session.draining = draining
@@ -222,6 +222,7 @@ class Hub:
                     session.send(Drain(reason))
         if not draining:
             self.wake()
+        return runner
 
     async def sweep(self) -> None:
         report = await self._sessions.sweep()

@@ -40,18 +40,20 @@ def set_runner_state(conn: Connection, name: str, state: RunnerState, now: datet
     return res.rowcount == 1
 
 
-def list_runners(conn: Connection) -> list[Runner]:
+def list_runners(conn: Connection, name: str | None = None) -> list[Runner]:
+    """Every runner (or the one called ``name``), online and draining ones first."""
     building = (
         select(executions.c.runner_name, func.count().label("n"))
         .where(executions.c.finished_at.is_(None))
         .group_by(executions.c.runner_name)
         .subquery()
     )
-    rows = conn.execute(
-        select(runners, func.coalesce(building.c.n, 0).label("building"))
-        .select_from(runners.outerjoin(building, building.c.runner_name == _R.name))
-        .order_by(_R.state != RunnerState.OFFLINE.value, _R.name)
+    query = select(runners, func.coalesce(building.c.n, 0).label("building")).select_from(
+        runners.outerjoin(building, building.c.runner_name == _R.name)
     )
+    if name is not None:
+        query = query.where(_R.name == name)
+    rows = conn.execute(query)
     result = [
         Runner(
             name=r.name,

@@ -60,7 +60,9 @@ class DistributorServicer:
         job's current one changes nothing.
         Status codes: INVALID_ARGUMENT (no execution id or token), NOT_FOUND (no such
         distributor execution), PERMISSION_DENIED (wrong token), FAILED_PRECONDITION
-        (the execution is no longer current).
+        (the execution is no longer current). Until distributor adapters exist every
+        execution runs on the runner pool, which reports through Scheduler.Connect: an
+        existing execution is FAILED_PRECONDITION, any other NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

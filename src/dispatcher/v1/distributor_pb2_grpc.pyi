@@ -42,7 +42,9 @@ class DistributorStub:
     job's current one changes nothing.
     Status codes: INVALID_ARGUMENT (no execution id or token), NOT_FOUND (no such
     distributor execution), PERMISSION_DENIED (wrong token), FAILED_PRECONDITION
-    (the execution is no longer current).
+    (the execution is no longer current). Until distributor adapters exist every
+    execution runs on the runner pool, which reports through Scheduler.Connect: an
+    existing execution is FAILED_PRECONDITION, any other NOT_FOUND.
     """
     ListDistributors: _grpc.UnaryUnaryMultiCallable[_distributor_pb2.ListDistributorsRequest, _distributor_pb2.ListDistributorsResponse]
     """ListDistributors lists the distributor instances this dispatcher runs jobs on.
@@ -64,7 +66,9 @@ class DistributorAsyncStub(DistributorStub):
     job's current one changes nothing.
     Status codes: INVALID_ARGUMENT (no execution id or token), NOT_FOUND (no such
     distributor execution), PERMISSION_DENIED (wrong token), FAILED_PRECONDITION
-    (the execution is no longer current).
+    (the execution is no longer current). Until distributor adapters exist every
+    execution runs on the runner pool, which reports through Scheduler.Connect: an
+    existing execution is FAILED_PRECONDITION, any other NOT_FOUND.
     """
     ListDistributors: _aio.UnaryUnaryMultiCallable[_distributor_pb2.ListDistributorsRequest, _distributor_pb2.ListDistributorsResponse]  # type: ignore[assignment]
     """ListDistributors lists the distributor instances this dispatcher runs jobs on.
@@ -89,7 +93,9 @@ class DistributorServicer(metaclass=_abc_1.ABCMeta):
         job's current one changes nothing.
         Status codes: INVALID_ARGUMENT (no execution id or token), NOT_FOUND (no such
         distributor execution), PERMISSION_DENIED (wrong token), FAILED_PRECONDITION
-        (the execution is no longer current).
+        (the execution is no longer current). Until distributor adapters exist every
+        execution runs on the runner pool, which reports through Scheduler.Connect: an
+        existing execution is FAILED_PRECONDITION, any other NOT_FOUND.
         """
 
     @_abc_1.abstractmethod

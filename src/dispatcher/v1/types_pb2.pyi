@@ -181,11 +181,15 @@ class JobSpec(_message.Message):
     priority: _builtins.int
     """Higher runs first."""
     dedupe_key: _builtins.str
-    """Jobs with the same dedupe key are one piece of work (SPEC §5.4)."""
+    """Jobs with the same dedupe key are one piece of work (SPEC §5.4). Not supported
+    yet (INVALID_ARGUMENT).
+    """
     idempotency_key: _builtins.str
     """Submitting again with the same idempotency key returns the first job."""
     distributor: _builtins.str
-    """Run on this distributor instead of the runner pool. Empty: runner pool."""
+    """Run on this distributor instead of the runner pool. Empty or "runners": the
+    runner pool, the only distributor so far; any other name is INVALID_ARGUMENT.
+    """
     on_lost: Global___OnLostPolicy.ValueType
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -203,11 +207,15 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def coalesce_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """No two BUILDING jobs share a coalesce key."""
+        """No two BUILDING jobs share a coalesce key. Not supported yet: a job that sets
+        it is refused with INVALID_ARGUMENT rather than run without the rule.
+        """
 
     @_builtins.property
     def origin_time(self) -> _timestamp_pb2.Timestamp:
-        """When the request that caused this job was made (replay window, SPEC §5.5)."""
+        """When the request that caused this job was made (replay window, SPEC §5.5).
+        Not supported yet (INVALID_ARGUMENT).
+        """
 
     def __init__(
         self,
