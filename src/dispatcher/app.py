@@ -29,6 +29,7 @@ from dispatcher.lifecycle.context import Context
 from dispatcher.lifecycle.distributors import Distributors
 from dispatcher.lifecycle.executions import Executions
 from dispatcher.lifecycle.jobs import Jobs
+from dispatcher.lifecycle.schedules import Schedules
 from dispatcher.lifecycle.sessions import Sessions
 from dispatcher.runners.hub import Hub, HubTiming
 from dispatcher.settings import Settings
@@ -141,6 +142,7 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> Se
         replica_id=replica_id,
         commits=commits,
         deadlines=deadlines,
+        rules=settings.rules.domain(),
     )
     jobs = Jobs(ctx)
     executions = Executions(ctx)
@@ -152,8 +154,10 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> Se
         reattach_grace=deadlines.reattach_grace,
         shutdown_drain=timedelta(seconds=settings.shutdown_grace_seconds),
     )
-    hub = Hub(jobs, executions, sessions, timing)
+    schedules = Schedules(ctx)
+    hub = Hub(jobs, executions, sessions, timing, schedules)
     ctx.wakeups.append(hub.wake)
+    ctx.due_wakeups.append(hub.wake_due)
 
     max_bytes = settings.limits.max_message_bytes
     server = grpc.aio.server(

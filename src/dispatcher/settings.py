@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dispatcher.domain.rules import SchedulingRules
 from dispatcher.domain.validation import Limits
 from dispatcher.lifecycle.context import Deadlines
 from dispatcher.store.database import DEFAULT_URL
@@ -31,6 +32,51 @@ class LimitSettings(BaseModel):
             max_labels=self.max_labels,
             max_payload_bytes=self.max_payload_bytes,
             max_batch_size=self.max_batch_size,
+        )
+
+
+class RuleSettings(BaseModel):
+    """Farm-wide settings of the scheduling rules (SPEC §5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replay_slop_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A submission whose origin_time is further in the future than "
+        "this is NOT_FOR_US (replay window).",
+    )
+    replay_max_age_seconds: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="A submission whose origin_time is older than this is NOT_FOR_US "
+        "(replay window).",
+    )
+    retention_seconds: float = Field(
+        30 * 86400.0,
+        gt=0,
+        description="Finished jobs are deleted this long after they finished; must be "
+        "at least replay_max_age_seconds.",
+    )
+    quarantine_after: int = Field(
+        3,
+        ge=1,
+        description="A runner that loses (or refuses) this many executions in a row is "
+        "quarantined: it gets no work for a while.",
+    )
+    quarantine_base_seconds: float = Field(
+        30.0, gt=0, description="First quarantine; each next one in a row doubles."
+    )
+    quarantine_max_seconds: float = Field(3600.0, gt=0, description="Longest quarantine.")
+
+    def domain(self) -> SchedulingRules:
+        return SchedulingRules(
+            replay_slop=timedelta(seconds=self.replay_slop_seconds),
+            replay_max_age=timedelta(seconds=self.replay_max_age_seconds),
+            retention=timedelta(seconds=self.retention_seconds),
+            quarantine_after=self.quarantine_after,
+            quarantine_base=timedelta(seconds=self.quarantine_base_seconds),
+            quarantine_max=timedelta(seconds=self.quarantine_max_seconds),
         )
 
 
@@ -90,6 +136,7 @@ class Settings(BaseSettings):
         "is assigned) before streams are cut; runners then re-attach elsewhere.",
     )
     limits: LimitSettings = Field(default_factory=lambda: LimitSettings())
+    rules: RuleSettings = Field(default_factory=lambda: RuleSettings())
 
     @property
     def heartbeat_interval(self) -> timedelta:

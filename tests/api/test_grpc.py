@@ -258,21 +258,21 @@ async def test_a_bad_hello_is_invalid_argument(channel: grpc.aio.Channel) -> Non
         ),
         (
             "SubmitJob",
-            admin_pb2.SubmitJobRequest(spec=job_spec(coalesce_keys=["repo:x"])),
+            admin_pb2.SubmitJobRequest(spec=job_spec(coalesce_keys=["repo:x", ""])),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "spec.coalesce_keys is not supported by this dispatcher yet",
+            "spec.coalesce_keys must not contain an empty key",
         ),
         (
             "SubmitJob",
-            admin_pb2.SubmitJobRequest(spec=job_spec(dedupe_key="tag-1")),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "spec.dedupe_key is not supported",
+            admin_pb2.SubmitJobRequest(spec=job_spec(dedupe_key="t" * 129)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "spec.dedupe_key is longer than 128 characters",
         ),
         (
             "SubmitJob",
             admin_pb2.SubmitJobRequest(spec=job_spec(distributor="buildbucket")),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "spec.distributor is not supported",
+            "spec.distributor 'buildbucket' does not exist",
         ),
         (
             "SubmitJobs",

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from dispatcher.cli import main
-from dispatcher.settings import LimitSettings, Settings
+from dispatcher.settings import LimitSettings, RuleSettings, Settings
 
 REFERENCE = Path(__file__).resolve().parents[2] / "dispatcher.example.toml"
 
@@ -24,6 +24,7 @@ def test_the_reference_config_names_every_setting() -> None:
     documented = set(data) | {"migrate_on_start"}  # commented out: its default is "unset"
     assert documented == set(Settings.model_fields)
     assert set(data["limits"]) == set(LimitSettings.model_fields)
+    assert set(data["rules"]) == set(RuleSettings.model_fields)
 
 
 def test_config_check_accepts_the_reference() -> None:

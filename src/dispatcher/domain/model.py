@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from dispatcher.domain.states import DEFAULT_ON_LOST, JobState, OnLostPolicy, Outcome
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a job may be tried again (SPEC §5.6). Failures its runner reports and
+    executions lost by the infrastructure are counted apart: a crashing build machine
+    must not spend the job's own failure budget."""
+
+    # Runner-reported failures allowed before the job is FAILED; 1 means no retry.
+    max_attempts: int = 1
+    initial_delay: timedelta = timedelta(seconds=10)
+    multiplier: float = 2.0
+    max_delay: timedelta = timedelta(hours=1)
+    # Executions lost (runner gone, heartbeat stale) before the job is FAILED.
+    max_lost: int = 5
+
+
+DEFAULT_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True)
@@ -26,6 +44,16 @@ class JobSpec:
     origin_time: datetime | None = None
     distributor: str = ""
     on_lost: OnLostPolicy = DEFAULT_ON_LOST
+    retry: RetryPolicy = DEFAULT_RETRY
+    # What the job works on and what it does to it; a failure may back off the pair.
+    subject: str = ""
+    process: str = ""
+    # A runner-reported failure keeps every job on (subject, process) waiting this long.
+    failure_backoff: timedelta | None = None
+    # Never started within this long after submission: FAILED ("expired").
+    max_wait: timedelta | None = None
+    # Running longer than this: cancelled and FAILED ("timed out").
+    max_run: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +102,11 @@ class Job:
     cancel_requested: bool = False
     executions: tuple[Execution, ...] = ()
     events: tuple[JobEvent, ...] = ()
+    flavor: str = ""
+    schedule: str = ""
+    # Runner-reported failures and infrastructure losses so far (SPEC §5.6).
+    failures: int = 0
+    losses: int = 0
 
 
 class RunnerState(enum.StrEnum):
@@ -104,6 +137,8 @@ class Runner:
     version: str
     last_seen_at: datetime
     building: int = 0
+    # Gets no work until then: its executions kept being lost.
+    quarantined_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +161,86 @@ class JobFilter:
     runner: str = ""
     created_after: datetime | None = None
     created_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """A kind of build machine an autoscaler can start (SPEC §3, §5.1)."""
+
+    name: str
+    platform: str
+    labels: frozenset[str] = frozenset()
+    priority: int = 0
+    enabled: bool = True
+    min_pressure: int = 0
+
+    def serves(self, platform: str, labels: frozenset[str]) -> bool:
+        return self.platform == platform and labels <= self.labels
+
+
+@dataclass(frozen=True)
+class Pressure:
+    """Unfinished jobs assigned to a flavor, never below its minimum (SPEC §5.9)."""
+
+    flavor: str
+    platform: str
+    value: int
+    unfinished: int
+    enabled: bool
+
+
+class ScheduleState(enum.StrEnum):
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+    # Too many consecutive failures; an operator resumes it.
+    SUSPENDED = "SUSPENDED"
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    name: str
+    job: JobSpec
+    interval: timedelta
+    # Suspended after this many consecutive failed runs.
+    max_failures: int = 5
+
+
+@dataclass(frozen=True)
+class Schedule:
+    spec: ScheduleSpec
+    state: ScheduleState
+    consecutive_failures: int
+    next_due_at: datetime
+    last_started_at: datetime | None
+    pending_job_id: int | None
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Jobs on (subject, process) wait until ``until`` (SPEC §3)."""
+
+    subject: str
+    process: str
+    until: datetime
+    cause: str
+    job_id: int | None
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One concrete reason a waiting job is not running (SPEC §10 explain)."""
+
+    code: str
+    text: str
+    until: datetime | None = None
+    blocking_job_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    job_id: int
+    state: JobState
+    reasons: tuple[Reason, ...]
 
 
 @dataclass(frozen=True)

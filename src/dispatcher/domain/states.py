@@ -5,10 +5,14 @@ applied by the store as a compare-and-set on (job id, expected from-states, curr
 execution id), so a late message about an old execution never changes a job.
 
 Who moves a job out of each state:
-- NOTICED: the scheduler, when the job becomes due (``queue``); an operator (``cancel``).
-- QUEUED: the scheduler, binding it to a runner session (``claim``); an operator.
-- BUILDING: the runner holding it (``succeed``/``fail``/``doom``/``refuse``/
-  ``confirm_cancel``); the dispatcher when the execution is lost (``reclaim``/``doom``).
+- NOTICED: the scheduler, when the job becomes runnable (``queue``) or its original with
+  the same dedupe key ends well (``duplicate``); the deadline sweep (``expire``); an
+  operator (``cancel``).
+- QUEUED: the scheduler, binding it to a runner session (``claim``) or holding it back
+  again (``hold``: back-off, flavor disabled); the deadline sweep; an operator.
+- BUILDING: the runner holding it (``succeed``/``fail``/``retry``/``doom``/``refuse``/
+  ``confirm_cancel``); the dispatcher when the execution is lost (``reclaim``/``doom``)
+  or runs too long (``time_out``).
 - Terminal states: nobody.
 """
 
@@ -92,10 +96,21 @@ _S = JobState
 SUBMIT_QUEUED = _t("submit", set(), _S.QUEUED, "submitted")
 SUBMIT_NOTICED = _t("submit", set(), _S.NOTICED, "submitted")
 SUBMIT_NOT_FOR_US = _t("submit", set(), _S.NOT_FOR_US, "not-for-us")
+# A submission whose dedupe key names a job that already ended well takes its status.
+SUBMIT_DUPLICATE_SUCCEEDED = _t("submit", set(), _S.SUCCEEDED, "duplicate")
+SUBMIT_DUPLICATE_IRRECOVERABLE = _t("submit", set(), _S.IRRECOVERABLE, "duplicate")
 QUEUE = _t("queue", {_S.NOTICED}, _S.QUEUED, "queued")
+HOLD = _t("hold", {_S.QUEUED}, _S.NOTICED, "held")
+# A job waiting behind its dedupe original takes the original's terminal status.
+DUPLICATE_SUCCEEDED = _t("duplicate", {_S.NOTICED}, _S.SUCCEEDED, "duplicate")
+DUPLICATE_IRRECOVERABLE = _t("duplicate", {_S.NOTICED}, _S.IRRECOVERABLE, "duplicate")
+EXPIRE = _t("expire", {_S.NOTICED, _S.QUEUED}, _S.FAILED, "expired")
 CLAIM = _t("claim", {_S.QUEUED}, _S.BUILDING, "started")
 SUCCEED = _t("succeed", {_S.BUILDING}, _S.SUCCEEDED, "finished", ends=True)
 FAIL = _t("fail", {_S.BUILDING}, _S.FAILED, "failed", ends=True)
+# A runner-reported failure with attempts left: wait out the retry delay.
+RETRY = _t("retry", {_S.BUILDING}, _S.NOTICED, "retry-scheduled", ends=True)
+TIME_OUT = _t("time_out", {_S.BUILDING}, _S.FAILED, "timed-out", ends=True)
 DOOM = _t("doom", {_S.BUILDING}, _S.IRRECOVERABLE, "irrecoverable", ends=True)
 RECLAIM = _t("reclaim", {_S.BUILDING}, _S.QUEUED, "reclaimed", ends=True)
 REFUSE = _t("refuse", {_S.BUILDING}, _S.QUEUED, "refused", ends=True)
@@ -106,10 +121,18 @@ TRANSITIONS: tuple[Transition, ...] = (
     SUBMIT_QUEUED,
     SUBMIT_NOTICED,
     SUBMIT_NOT_FOR_US,
+    SUBMIT_DUPLICATE_SUCCEEDED,
+    SUBMIT_DUPLICATE_IRRECOVERABLE,
     QUEUE,
+    HOLD,
+    DUPLICATE_SUCCEEDED,
+    DUPLICATE_IRRECOVERABLE,
+    EXPIRE,
     CLAIM,
     SUCCEED,
     FAIL,
+    RETRY,
+    TIME_OUT,
     DOOM,
     RECLAIM,
     REFUSE,
@@ -127,6 +150,16 @@ OUTCOME_TRANSITIONS: dict[Outcome, Transition] = {
     Outcome.FAILED: FAIL,
     Outcome.IRRECOVERABLE: DOOM,
 }
+
+
+# The status a later job with the same dedupe key takes from an original that ended so.
+DUPLICATE_OF_STATE: dict[JobState, tuple[Transition, Transition]] = {
+    _S.SUCCEEDED: (SUBMIT_DUPLICATE_SUCCEEDED, DUPLICATE_SUCCEEDED),
+    _S.IRRECOVERABLE: (SUBMIT_DUPLICATE_IRRECOVERABLE, DUPLICATE_IRRECOVERABLE),
+}
+
+# States of a job that still counts as work to do (pressure, dedupe, schedules).
+UNFINISHED_STATES = frozenset({JobState.NOTICED, JobState.QUEUED, JobState.BUILDING})
 
 
 def lost_transition(policy: OnLostPolicy, committed: bool) -> Transition:

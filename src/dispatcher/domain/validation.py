@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 from dispatcher.domain.errors import InvalidInput, LimitExceeded
-from dispatcher.domain.model import JobSpec, RunnerHello
+from dispatcher.domain.model import Flavor, JobSpec, RetryPolicy, RunnerHello, ScheduleSpec
 
 # The one distributor there is: the pool of runners holding Connect streams.
 RUNNER_POOL = "runners"
@@ -49,23 +50,42 @@ def _check_labels(labels: frozenset[str], what: str, limits: Limits) -> None:
 
 
 def _refuse_unsupported(spec: JobSpec) -> None:
-    # Accepting these and ignoring them would be worse than refusing them: a submitter
-    # relying on a coalesce key would get two builds at once. They arrive with the
-    # scheduling rules (SPEC §5.4, §5.5) and distributor adapters (SPEC §7).
-    unsupported = [
-        name
-        for name, given in (
-            ("coalesce_keys", bool(spec.coalesce_keys)),
-            ("dedupe_key", bool(spec.dedupe_key)),
-            ("origin_time", spec.origin_time is not None),
-            ("distributor", spec.distributor not in ("", RUNNER_POOL)),
-        )
-        if given
-    ]
-    if unsupported:
+    # Accepting a distributor name and running the job on the runner pool anyway would
+    # be worse than refusing it. Adapters arrive with SPEC §7.
+    if spec.distributor not in ("", RUNNER_POOL):
         raise InvalidInput(
-            f"spec.{unsupported[0]} is not supported by this dispatcher yet; leave it empty"
+            f"spec.distributor {spec.distributor!r} does not exist; the only distributor is "
+            f"{RUNNER_POOL!r} (leave it empty)"
         )
+
+
+MAX_DURATION = timedelta(days=366)
+
+
+def _check_duration(value: timedelta | None, what: str, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < timedelta(0) or (value == timedelta(0) and not allow_zero):
+        raise InvalidInput(f"{what} must be positive, not {value.total_seconds()} s")
+    if value > MAX_DURATION:
+        raise InvalidInput(f"{what} must be at most {MAX_DURATION.days} days")
+
+
+def _check_retry(policy: RetryPolicy) -> None:
+    if not 1 <= policy.max_attempts <= 1000:
+        raise InvalidInput(
+            f"spec.retry.max_attempts must be between 1 and 1000, not {policy.max_attempts}"
+        )
+    if not 0 <= policy.max_lost <= 1000:
+        raise InvalidInput(f"spec.retry.max_lost must be between 0 and 1000, not {policy.max_lost}")
+    if not 1.0 <= policy.multiplier <= 100.0:
+        raise InvalidInput(
+            f"spec.retry.multiplier must be between 1 and 100, not {policy.multiplier}"
+        )
+    _check_duration(policy.initial_delay, "spec.retry.initial_delay", allow_zero=True)
+    _check_duration(policy.max_delay, "spec.retry.max_delay", allow_zero=True)
+    if policy.max_delay < policy.initial_delay:
+        raise InvalidInput("spec.retry.max_delay must not be shorter than initial_delay")
 
 
 def check_spec(spec: JobSpec, limits: Limits) -> None:
@@ -91,9 +111,55 @@ def check_spec(spec: JobSpec, limits: Limits) -> None:
         (spec.queue, "spec.queue"),
         (spec.dedupe_key, "spec.dedupe_key"),
         (spec.idempotency_key, "spec.idempotency_key"),
+        (spec.subject, "spec.subject"),
+        (spec.process, "spec.process"),
+        *((key, "spec.coalesce_keys") for key in spec.coalesce_keys),
     ):
         if len(text) > limits.max_label_length:
             raise LimitExceeded(f"{what} is longer than {limits.max_label_length} characters")
+    if len(spec.coalesce_keys) > limits.max_labels:
+        raise LimitExceeded(
+            f"spec.coalesce_keys: {len(spec.coalesce_keys)} keys, more than the limit of "
+            f"{limits.max_labels}"
+        )
+    if any(not key for key in spec.coalesce_keys):
+        raise InvalidInput("spec.coalesce_keys must not contain an empty key")
+    if spec.failure_backoff is not None and not spec.subject:
+        raise InvalidInput("spec.failure_backoff needs spec.subject: the thing to back off")
+    _check_retry(spec.retry)
+    _check_duration(spec.failure_backoff, "spec.failure_backoff")
+    _check_duration(spec.max_wait, "spec.max_wait")
+    _check_duration(spec.max_run, "spec.max_run")
+
+
+def check_flavor(flavor: Flavor, limits: Limits) -> None:
+    if not flavor.name:
+        raise InvalidInput("flavor.name is required")
+    _check_name(flavor.name, "flavor.name", limits)
+    if not flavor.platform:
+        raise InvalidInput("flavor.platform is required (for example 'linux/x86_64')")
+    _check_name(flavor.platform, "flavor.platform", limits)
+    _check_labels(flavor.labels, "flavor.labels", limits)
+    if not 0 <= flavor.min_pressure <= 1_000_000:
+        raise InvalidInput(
+            f"flavor.min_pressure must be between 0 and 1000000, not {flavor.min_pressure}"
+        )
+
+
+def check_schedule(schedule: ScheduleSpec, limits: Limits) -> None:
+    if not schedule.name:
+        raise InvalidInput("schedule.name is required")
+    _check_name(schedule.name, "schedule.name", limits)
+    if schedule.interval < timedelta(seconds=1):
+        raise InvalidInput("schedule.interval must be at least 1 second")
+    _check_duration(schedule.interval, "schedule.interval")
+    if not 1 <= schedule.max_failures <= 1000:
+        raise InvalidInput(
+            f"schedule.max_failures must be between 1 and 1000, not {schedule.max_failures}"
+        )
+    if schedule.job.idempotency_key:
+        raise InvalidInput("schedule.job.idempotency_key must be empty: every run is a new job")
+    check_spec(schedule.job, limits)
 
 
 def check_hello(hello: RunnerHello, limits: Limits) -> None:

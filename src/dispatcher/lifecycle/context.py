@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from dispatcher.domain.clock import Clock
+from dispatcher.domain.rules import SchedulingRules
 from dispatcher.domain.validation import Limits
 from dispatcher.lifecycle.batching import GroupCommit
 from dispatcher.store.database import Database
@@ -29,6 +33,24 @@ class Deadlines:
     replica_lease: timedelta = timedelta(seconds=15)
 
 
+class Pulse:
+    """An in-process signal that something watched may have changed (pressure, jobs).
+    Watchers re-read the database; a missed pulse costs at most their poll interval."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await event.wait()
+
+
 @dataclass
 class Context:
     db: Database
@@ -37,9 +59,22 @@ class Context:
     replica_id: str
     commits: GroupCommit
     deadlines: Deadlines = field(default_factory=Deadlines)
+    rules: SchedulingRules = field(default_factory=SchedulingRules)
+    # Breaks ties between flavors of equal priority (SPEC §5.1); seeded in tests.
+    rng: random.Random = field(default_factory=random.Random)
     # Called after a commit that made jobs runnable (submitted, requeued, now due).
     wakeups: list[Callable[[], None]] = field(default_factory=list)
+    # Called after a commit that may have made waiting jobs ready (a back-off cleared,
+    # a flavor added, a dedupe original failed): the due loop runs at once.
+    due_wakeups: list[Callable[[], None]] = field(default_factory=list)
+    changes: Pulse = field(default_factory=Pulse)
 
     def wake(self) -> None:
         for wake in self.wakeups:
             wake()
+        self.changes.fire()
+
+    def wake_due(self) -> None:
+        for wake in self.due_wakeups:
+            wake()
+        self.changes.fire()

@@ -12,15 +12,21 @@ from sqlalchemy import Connection
 
 from dispatcher.domain.errors import InvalidInput
 from dispatcher.domain.model import Execution, Job, ResultReport, Verdict
+from dispatcher.domain.rules import retry_delay
 from dispatcher.domain.states import (
     CONFIRM_CANCEL,
+    FAIL,
+    HOLD,
     OUTCOME_TRANSITIONS,
     REFUSE,
+    RETRY,
     JobState,
     Outcome,
+    Transition,
 )
 from dispatcher.lifecycle.context import Context
-from dispatcher.lifecycle.transitions import apply, event_row, refuse_stale
+from dispatcher.lifecycle.transitions import apply, count_runner_loss, event_row, refuse_stale
+from dispatcher.store import backoffs as backoff_store
 from dispatcher.store import jobs as store
 from dispatcher.store import runners as runner_store
 
@@ -53,7 +59,7 @@ class Executions:
                 "result.outcome must be SUCCEEDED, FAILED or IRRECOVERABLE, "
                 f"not {report.outcome.value}"
             )
-        transition = OUTCOME_TRANSITIONS[report.outcome]
+        actor = f"runner:{runner}"
 
         def act(conn: Connection, job: Job, now: datetime) -> Verdict:
             store.finish_execution(
@@ -65,10 +71,20 @@ class Executions:
                 logtail=report.logtail,
                 result=report.data,
             )
-            apply(conn, job, transition, now, actor=f"runner:{runner}", cause=report.info)
+            runner_store.count_good_report(conn, runner)
+            if report.outcome is not Outcome.FAILED:
+                transition = OUTCOME_TRANSITIONS[report.outcome]
+                apply(conn, job, transition, now, actor=actor, cause=report.info)
+                return Verdict(True, job_id=job.id, new_state=transition.target)
+            transition = _fail_or_retry(conn, job, report.info, now, actor)
+            if job.spec.failure_backoff is not None and job.spec.subject:
+                _back_off(conn, job, now + job.spec.failure_backoff, report.info, now, actor)
             return Verdict(True, job_id=job.id, new_state=transition.target)
 
-        return await self._fenced(session_id, runner, report.execution_id, "result", act)
+        verdict = await self._fenced(session_id, runner, report.execution_id, "result", act)
+        if verdict.applied:
+            self._ctx.wake_due()
+        return verdict
 
     async def accept(self, session_id: int, runner: str, execution_id: int) -> Verdict:
         def act(conn: Connection, job: Job, now: datetime) -> Verdict:
@@ -99,6 +115,7 @@ class Executions:
         def act(conn: Connection, job: Job, now: datetime) -> Verdict:
             store.finish_execution(conn, execution_id, Outcome.LOST, now, info=cause)
             apply(conn, job, REFUSE, now, actor=f"runner:{runner}", cause=cause)
+            count_runner_loss(conn, runner, job.id, now, self._ctx.rules)
             return Verdict(True, job_id=job.id, new_state=JobState.QUEUED)
 
         verdict = await self._fenced(session_id, runner, execution_id, "refusal", act)
@@ -126,6 +143,43 @@ class Executions:
             store.touch_executions(conn, session_id, progress, now)
 
         await self._ctx.commits.submit(work)
+
+
+def _fail_or_retry(conn: Connection, job: Job, info: str, now: datetime, actor: str) -> Transition:
+    """SPEC §5.6: a runner-reported failure spends one of the job's attempts; with
+    attempts left the job waits out its retry delay, otherwise it is FAILED."""
+    policy = job.spec.retry
+    failures = job.failures + 1
+    if failures >= policy.max_attempts:
+        cause = (
+            info
+            if policy.max_attempts == 1
+            else f"{info}; failed {failures} times, every attempt spent"
+        )
+        apply(conn, job, FAIL, now, actor=actor, cause=cause, count="failures")
+        return FAIL
+    due = now + retry_delay(policy, failures)
+    cause = (
+        f"{info or 'failed'}; failure {failures} of {policy.max_attempts} allowed, "
+        f"retry at {due.isoformat()}"
+    )
+    apply(conn, job, RETRY, now, actor=actor, cause=cause, count="failures", not_before=due)
+    return RETRY
+
+
+def _back_off(
+    conn: Connection, job: Job, until: datetime, info: str, now: datetime, actor: str
+) -> None:
+    """Write the (subject, process) back-off of a failing job and hold every queued job
+    on the pair until it ends."""
+    spec = job.spec
+    cause = f"job {job.id} failed: {info or 'no reason given'}"
+    in_force = backoff_store.upsert_backoff(
+        conn, spec.subject, spec.process, until, cause, job.id, now
+    )
+    hold = f"back-off on {spec.subject}/{spec.process} until {in_force.isoformat()}: {cause}"
+    for waiting in store.waiting_jobs_on(conn, spec.subject, spec.process, JobState.QUEUED):
+        apply(conn, waiting, HOLD, now, actor=actor, cause=hold)
 
 
 def _fence(

@@ -13,16 +13,10 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from dispatcher.domain.errors import InvalidInput, LimitExceeded, NotFound
-from dispatcher.domain.model import Assignment, Job, JobFilter, JobSpec, Page
-from dispatcher.domain.states import (
-    CANCEL_WAITING,
-    CLAIM,
-    QUEUE,
-    SUBMIT_NOTICED,
-    SUBMIT_QUEUED,
-    JobState,
-)
+from dispatcher.domain.model import Assignment, Job, JobEvent, JobFilter, JobSpec, Page
+from dispatcher.domain.states import CANCEL_WAITING, CLAIM, EXPIRE, QUEUE, JobState
 from dispatcher.domain.validation import check_spec
+from dispatcher.lifecycle.admission import Admission
 from dispatcher.lifecycle.context import Context
 from dispatcher.lifecycle.transitions import apply, event_row
 from dispatcher.store import jobs as store
@@ -55,6 +49,7 @@ class CancelOrder:
 class Jobs:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        self._admission = Admission(ctx.rules, ctx.rng)
 
     # --- submitters ---------------------------------------------------------------
 
@@ -77,10 +72,11 @@ class Jobs:
         try:
             result = await self._ctx.db.run(lambda conn: self._submit(conn, specs, actor))
         except IntegrityError:
-            # Another submission with the same idempotency key committed between our
-            # lookup and our insert; now the lookup finds it.
+            # Another submission with the same idempotency key, or a runnable job with
+            # the same dedupe key, committed between our lookup and our insert; the
+            # unique index refused ours. Now the lookup finds it.
             result = await self._ctx.db.run(lambda conn: self._submit(conn, specs, actor))
-        if any(created and job.state is JobState.QUEUED for job, created in result):
+        if any(created for _, created in result):
             self._ctx.wake()
         return result
 
@@ -90,7 +86,7 @@ class Jobs:
         now = self._ctx.clock.now()
         existing: dict[int, int] = {}  # index -> job id
         seen_keys: dict[str, int] = {}  # idempotency key -> first index in this batch
-        fresh: list[tuple[int, JobSpec, JobState]] = []
+        fresh: list[tuple[int, JobSpec]] = []
         for index, spec in enumerate(specs):
             key = spec.idempotency_key
             if key:
@@ -101,20 +97,11 @@ class Jobs:
                 if found is not None:
                     existing[index] = found
                     continue
-            due = spec.not_before is None or spec.not_before <= now
-            fresh.append((index, spec, JobState.QUEUED if due else JobState.NOTICED))
-        ids = store.insert_jobs(conn, [(spec, state) for _, spec, state in fresh], now)
-        events = []
-        created: dict[int, int] = {}
-        for job_id, (index, _, state) in zip(ids, fresh, strict=True):
-            created[index] = job_id
-            transition = SUBMIT_QUEUED if state is JobState.QUEUED else SUBMIT_NOTICED
-            cause = "" if state is JobState.QUEUED else "not due yet"
-            events.append(
-                event_row(job_id, transition.event, now, actor=actor, cause=cause, to_state=state)
-            )
-        store.insert_events(conn, events)
-        by_id = store.get_jobs(conn, [*created.values(), *existing.values()])
+            fresh.append((index, spec))
+        admitted = self._admission.admit(conn, [spec for _, spec in fresh], now, actor=actor)
+        created = {index: job.id for (index, _), job in zip(fresh, admitted, strict=True)}
+        by_id = {job.id: job for job in admitted}
+        by_id.update(store.get_jobs(conn, existing.values()))
         out: list[tuple[Job, bool]] = []
         for index, spec in enumerate(specs):
             if index in created:
@@ -126,6 +113,18 @@ class Jobs:
                 job_id = created.get(first) or existing[first]
                 out.append((by_id[job_id], False))
         return out
+
+    async def history(self, job_id: int) -> list[JobEvent]:
+        """Every event of a job, oldest first (SPEC §8 history)."""
+        if job_id <= 0:
+            raise InvalidInput("id is required: a positive job id")
+
+        def read(conn: Connection) -> list[JobEvent]:
+            if store.get_job(conn, job_id) is None:
+                raise NotFound(f"job {job_id} does not exist")
+            return store.events_of(conn, job_id)
+
+        return await self._ctx.db.run(read)
 
     async def get(self, job_id: int) -> Job:
         if job_id <= 0:
@@ -209,15 +208,20 @@ class Jobs:
         bound: list[tuple[int, int]] = []  # (session id, job id)
         # A session closed meanwhile (by this or another replica) must not get work.
         open_sessions = runner_store.lock_open_sessions(conn, [d.session_id for d in demands])
+        quarantined = runner_store.quarantined_runners(conn, [d.runner for d in demands], now)
         for demand in demands:
-            if demand.session_id not in open_sessions:
+            if demand.session_id not in open_sessions or demand.runner in quarantined:
                 continue
             candidates = store.claimable_jobs(
                 conn, demand.platform, demand.labels, demand.slots, now
             )
             for job in candidates:
+                # Two candidates may share a coalesce key; the first one holds it.
+                if not store.acquire_coalesce_holds(conn, job.id, job.spec.coalesce_keys):
+                    continue
+                deadline = now + job.spec.max_run if job.spec.max_run else None
                 execution_id = store.insert_execution(
-                    conn, job.id, job.attempt + 1, demand.runner, demand.session_id, now
+                    conn, job.id, job.attempt + 1, demand.runner, demand.session_id, now, deadline
                 )
                 if not apply(
                     conn,
@@ -239,20 +243,45 @@ class Jobs:
         ]
 
     async def queue_due(self, limit: int = 1000) -> int:
-        """Move NOTICED jobs whose time has come to QUEUED. Returns how many moved."""
+        """Move NOTICED jobs that became ready (due, back-off over, dedupe original gone,
+        a flavor serves them) to QUEUED, and fail waiting jobs past their max_wait.
+        Returns how many moved."""
 
         def work(conn: Connection) -> int:
             now = self._ctx.clock.now()
-            ids = store.due_noticed_job_ids(conn, now, limit)
             moved = 0
-            for job in store.get_jobs(conn, ids).values():
-                moved += apply(conn, job, QUEUE, now, actor="dispatcher", cause="due", info="")
+            for job in store.expired_waiting_jobs(conn, now, limit):
+                wait = job.spec.max_wait.total_seconds() if job.spec.max_wait else 0
+                cause = f"expired: not started within its max_wait of {wait:g} s"
+                moved += apply(conn, job, EXPIRE, now, actor="dispatcher", cause=cause)
+            promoted_keys: set[str] = set()
+            for job in store.ready_noticed_jobs(conn, now, limit):
+                key = job.spec.dedupe_key
+                if key and key in promoted_keys:
+                    continue  # one job per dedupe key may be runnable at a time
+                promoted_keys.add(key)
+                moved += apply(conn, job, QUEUE, now, actor="dispatcher", cause="ready", info="")
             return moved
 
-        moved = await self._ctx.db.run(work)
+        try:
+            moved = await self._ctx.db.run(work)
+        except IntegrityError:
+            # Another replica queued a job with the same dedupe key first; the unique
+            # index refused ours, and the next pass sees theirs.
+            return 0
         if moved:
             self._ctx.wake()
         return moved
+
+    async def expire_finished(self, limit: int = 1000) -> int:
+        """Delete terminal jobs older than the retention (never below the replay
+        window's max age, so a replay cannot slip past a forgotten idempotency key)."""
+
+        def work(conn: Connection) -> int:
+            cutoff = self._ctx.clock.now() - self._ctx.rules.retention
+            return store.delete_finished_before(conn, cutoff, limit)
+
+        return await self._ctx.db.run(work)
 
 
 def _required(value: int | None) -> int:

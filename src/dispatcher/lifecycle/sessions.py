@@ -18,11 +18,11 @@ from sqlalchemy import Connection
 from dispatcher import __version__
 from dispatcher.domain.errors import NotFound
 from dispatcher.domain.model import Runner, RunnerHello, RunnerState
-from dispatcher.domain.states import CONFIRM_CANCEL, REFUSE, JobState, Outcome
+from dispatcher.domain.states import CONFIRM_CANCEL, REFUSE, TIME_OUT, JobState, Outcome
 from dispatcher.domain.validation import check_hello
 from dispatcher.lifecycle.context import Context
 from dispatcher.lifecycle.jobs import CancelOrder
-from dispatcher.lifecycle.transitions import apply, lose_execution
+from dispatcher.lifecycle.transitions import apply, count_runner_loss, lose_execution
 from dispatcher.store import jobs as job_store
 from dispatcher.store import runners as store
 
@@ -128,6 +128,7 @@ class Sessions:
                 now,
                 actor="dispatcher",
                 cause=f"runner {runner} lost: {reason}",
+                rules=self._ctx.rules,
             )
             if state is not None:
                 moved.append((job_id, state))
@@ -193,7 +194,22 @@ class Sessions:
             job = job_store.get_job(conn, job_id, for_update=True)
             if job is not None and job.current_execution_id == execution_id:
                 report.requeued += apply(conn, job, REFUSE, now, actor="dispatcher", cause=cause)
+                runner = store.session_runner(conn, session_id)
+                if runner:
+                    count_runner_loss(conn, runner, job_id, now, self._ctx.rules)
             report.cancels.append(CancelOrder(session_id, execution_id, cause))
+        for job_id, execution_id, holder in job_store.overrun_executions(conn, now):
+            # SPEC: past its maximum execution time a job is cancelled and FAILED; the
+            # runner is told to stop, and its late result is fenced off.
+            job = job_store.get_job(conn, job_id, for_update=True)
+            if job is None or job.current_execution_id != execution_id:
+                continue
+            limit = job.spec.max_run.total_seconds() if job.spec.max_run else 0
+            cause = f"timed out: running longer than its max_run of {limit:g} s"
+            job_store.finish_execution(conn, execution_id, Outcome.FAILED, now, info=cause)
+            apply(conn, job, TIME_OUT, now, actor="dispatcher", cause=cause)
+            if holder is not None:
+                report.cancels.append(CancelOrder(holder, execution_id, cause))
         for job_id, execution_id in job_store.overdue_cancels(conn, now - deadlines.cancel_grace):
             cause = "cancelled; the runner did not confirm within the grace"
             execution = job_store.get_execution(conn, execution_id)

@@ -18,9 +18,12 @@ from datetime import timedelta
 from dispatcher.domain.model import Assignment, ResultReport, Runner, RunnerHello, Verdict
 from dispatcher.lifecycle.executions import Executions
 from dispatcher.lifecycle.jobs import CancelOrder, Demand, Jobs
+from dispatcher.lifecycle.schedules import Schedules
 from dispatcher.lifecycle.sessions import Sessions
 
 log = logging.getLogger(__name__)
+
+RETENTION_SWEEP_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -86,14 +89,21 @@ class HubTiming:
 
 class Hub:
     def __init__(
-        self, jobs: Jobs, executions: Executions, sessions: Sessions, timing: HubTiming
+        self,
+        jobs: Jobs,
+        executions: Executions,
+        sessions: Sessions,
+        timing: HubTiming,
+        schedules: Schedules | None = None,
     ) -> None:
         self._jobs = jobs
         self._executions = executions
         self._sessions = sessions
+        self._schedules = schedules
         self.timing = timing
         self._live: dict[int, LiveSession] = {}
         self._wakeup = asyncio.Event()
+        self._due_wakeup = asyncio.Event()
         self._released = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = True
@@ -102,6 +112,9 @@ class Hub:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def wake_due(self) -> None:
+        self._due_wakeup.set()
 
     async def start(self, *, sole_replica: bool) -> None:
         await self._sessions.register_replica(sole=sole_replica)
@@ -113,9 +126,7 @@ class Hub:
                 self._every(self.timing.lease_renewal, self._sessions.renew_lease), name="lease"
             ),
             asyncio.create_task(self._every(self.timing.sweep, self.sweep), name="deadlines"),
-            asyncio.create_task(
-                self._every(self.timing.due_sweep, self._jobs.queue_due), name="due"
-            ),
+            asyncio.create_task(self._keep_due_forever(), name="due"),
         ]
         self.wake()
 
@@ -224,7 +235,29 @@ class Hub:
             self.wake()
         return runner
 
+    async def _keep_due_forever(self) -> None:
+        """Queue jobs that became ready, make schedules' next jobs, forget old jobs: at
+        every due sweep, and at once when woken (a back-off cleared, a flavor added)."""
+        last_retention = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timing.due_sweep.total_seconds()):
+                    await self._due_wakeup.wait()
+            self._due_wakeup.clear()
+            try:
+                if self._schedules is not None:
+                    await self._schedules.tick()
+                await self._jobs.queue_due()
+                if loop.time() - last_retention > RETENTION_SWEEP_SECONDS:
+                    last_retention = loop.time()
+                    await self._jobs.expire_finished()
+            except Exception:
+                log.exception("the due sweep failed; retrying on the next one")
+
     async def sweep(self) -> None:
+        # A quarantine may have ended: let the assigner look again.
+        self.wake()
         report = await self._sessions.sweep()
         for session_id in report.closed_sessions:
             session = self._live.pop(session_id, None)

@@ -3,20 +3,50 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, exists, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, delete, exists, func, insert, or_, select, update
 
-from dispatcher.domain.model import Execution, Job, JobEvent, JobFilter, JobSpec
-from dispatcher.domain.states import JobState, OnLostPolicy, Outcome, Transition
-from dispatcher.store.tables import executions, job_events, job_labels, jobs
+from dispatcher.domain.model import Execution, Job, JobEvent, JobFilter, JobSpec, RetryPolicy
+from dispatcher.domain.states import (
+    UNFINISHED_STATES,
+    JobState,
+    OnLostPolicy,
+    Outcome,
+    Transition,
+)
+from dispatcher.store.sql import insert_ignoring_conflicts
+from dispatcher.store.tables import (
+    backoffs,
+    coalesce_holds,
+    executions,
+    flavors,
+    job_coalesce_keys,
+    job_events,
+    job_labels,
+    jobs,
+    schedules,
+)
 
 _J = jobs.c
 _E = executions.c
+_H = coalesce_holds.c
+_K = job_coalesce_keys.c
+_B = backoffs.c
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else value.total_seconds()
+
+
+def _delta(value: float | None) -> timedelta | None:
+    return None if value is None else timedelta(seconds=value)
 
 
 def _spec_values(spec: JobSpec) -> dict[str, Any]:
+    retry = spec.retry
     return {
         "queue": spec.queue,
         "platform": spec.platform,
@@ -30,31 +60,64 @@ def _spec_values(spec: JobSpec) -> dict[str, Any]:
         "origin_time": spec.origin_time,
         "distributor": spec.distributor,
         "on_lost": spec.on_lost.value,
+        "subject": spec.subject,
+        "process": spec.process,
+        "failure_backoff_seconds": _seconds(spec.failure_backoff),
+        "retry_max_attempts": retry.max_attempts,
+        "retry_initial_delay_seconds": retry.initial_delay.total_seconds(),
+        "retry_multiplier": retry.multiplier,
+        "retry_max_delay_seconds": retry.max_delay.total_seconds(),
+        "retry_max_lost": retry.max_lost,
+        "max_wait_seconds": _seconds(spec.max_wait),
+        "max_run_seconds": _seconds(spec.max_run),
     }
 
 
-def insert_jobs(
-    conn: Connection, specs: Sequence[tuple[JobSpec, JobState]], now: datetime
-) -> list[int]:
-    """Insert jobs in the given states and return their ids, in order."""
+@dataclass(frozen=True)
+class NewJob:
+    """A job to insert, with what admission decided about it."""
+
+    spec: JobSpec
+    state: JobState
+    info: str = ""
+    flavor_id: int | None = None
+    schedule_id: int | None = None
+    duplicate_of: int | None = None
+
+
+def insert_jobs(conn: Connection, new: Sequence[NewJob], now: datetime) -> list[int]:
+    """Insert jobs and return their ids, in order."""
     ids: list[int] = []
-    for spec, state in specs:
+    for job in new:
+        spec = job.spec
         values = _spec_values(spec)
         values.update(
             not_before=spec.not_before or now,
-            state=state.value,
+            state=job.state.value,
+            info=job.info,
+            flavor_id=job.flavor_id,
+            schedule_id=job.schedule_id,
+            duplicate_of=job.duplicate_of,
             created_at=now,
             updated_at=now,
-            finished_at=now if state.terminal else None,
+            finished_at=now if job.state.terminal else None,
+            expires_at=now + spec.max_wait if spec.max_wait else None,
         )
         ids.append(conn.execute(insert(jobs).returning(_J.id), values).scalar_one())
-    rows = [
+    labels = [
         {"job_id": i, "label": label}
-        for i, (spec, _) in zip(ids, specs, strict=True)
-        for label in sorted(spec.labels)
+        for i, job in zip(ids, new, strict=True)
+        for label in sorted(job.spec.labels)
     ]
-    if rows:
-        conn.execute(insert(job_labels), rows)
+    if labels:
+        conn.execute(insert(job_labels), labels)
+    keys = [
+        {"job_id": i, "key": key}
+        for i, job in zip(ids, new, strict=True)
+        for key in sorted(job.spec.coalesce_keys)
+    ]
+    if keys:
+        conn.execute(insert(job_coalesce_keys), keys)
     return ids
 
 
@@ -63,12 +126,19 @@ def job_id_by_idempotency_key(conn: Connection, key: str) -> int | None:
 
 
 def _job_columns() -> list[Any]:
-    return [*jobs.c, executions.c.runner_name]
+    return [
+        *jobs.c,
+        executions.c.runner_name,
+        flavors.c.name.label("flavor_name"),
+        schedules.c.name.label("schedule_name"),
+    ]
 
 
 def _job_query() -> Any:
     return select(*_job_columns()).select_from(
         jobs.outerjoin(executions, _E.id == _J.current_execution_id)
+        .outerjoin(flavors, flavors.c.id == _J.flavor_id)
+        .outerjoin(schedules, schedules.c.id == _J.schedule_id)
     )
 
 
@@ -88,6 +158,18 @@ def _to_job(row: Row[Any]) -> Job:
         origin_time=m["origin_time"],
         distributor=m["distributor"],
         on_lost=OnLostPolicy(m["on_lost"]),
+        retry=RetryPolicy(
+            max_attempts=m["retry_max_attempts"],
+            initial_delay=timedelta(seconds=m["retry_initial_delay_seconds"]),
+            multiplier=m["retry_multiplier"],
+            max_delay=timedelta(seconds=m["retry_max_delay_seconds"]),
+            max_lost=m["retry_max_lost"],
+        ),
+        subject=m["subject"],
+        process=m["process"],
+        failure_backoff=_delta(m["failure_backoff_seconds"]),
+        max_wait=_delta(m["max_wait_seconds"]),
+        max_run=_delta(m["max_run_seconds"]),
     )
     return Job(
         id=m["id"],
@@ -102,6 +184,10 @@ def _to_job(row: Row[Any]) -> Job:
         finished_at=m["finished_at"],
         runner=(m["runner_name"] or "") if m["state"] == JobState.BUILDING else "",
         cancel_requested=m["cancel_requested_at"] is not None,
+        flavor=m["flavor_name"] or "",
+        schedule=m["schedule_name"] or "",
+        failures=m["failures"],
+        losses=m["losses"],
     )
 
 
@@ -143,22 +229,35 @@ def list_jobs(conn: Connection, flt: JobFilter, *, before_id: int | None, limit:
     return [_to_job(r) for r in rows]
 
 
+def _coalesce_blocked() -> Any:
+    """True for a job one of whose coalesce keys is held by a BUILDING job."""
+    return exists(
+        select(1)
+        .select_from(job_coalesce_keys.join(coalesce_holds, _H.key == _K.key))
+        .where(_K.job_id == _J.id)
+    )
+
+
+def _foreign_label(labels: frozenset[str]) -> Any:
+    """True for a job with a label the runner lacks (SPEC §5.1: job labels ⊆ runner's)."""
+    return exists().where(job_labels.c.job_id == _J.id, job_labels.c.label.not_in(sorted(labels)))
+
+
 def claimable_jobs(
     conn: Connection, platform: str, labels: frozenset[str], limit: int, now: datetime
 ) -> list[Job]:
     """The next ``limit`` QUEUED jobs a runner with ``platform``/``labels`` may take, in
     claim order (SPEC §5.2), locked for this transaction. On PostgreSQL rows locked by
-    another replica's claim are skipped, not waited for."""
-    foreign_label = exists().where(
-        job_labels.c.job_id == _J.id, job_labels.c.label.not_in(sorted(labels))
-    )
+    another replica's claim are skipped, not waited for. The order is the one of
+    ``ix_jobs_claim_order``, so the cost does not grow with the length of the queue."""
     query = (
         select(_J.id)
         .where(
             _J.state == JobState.QUEUED.value,
             _J.platform == platform,
             _J.not_before <= now,
-            ~foreign_label,
+            ~_foreign_label(labels),
+            ~_coalesce_blocked(),
         )
         .order_by(_J.priority.desc(), _J.not_before, _J.id)
         .limit(limit)
@@ -172,14 +271,88 @@ def claimable_jobs(
     return [found[i] for i in ids]
 
 
-def due_noticed_job_ids(conn: Connection, now: datetime, limit: int) -> list[int]:
+def jobs_ahead(conn: Connection, job: Job) -> int:
+    """QUEUED jobs of the same platform that come before ``job`` in claim order."""
+    spec = job.spec
+    ahead = or_(
+        _J.priority > spec.priority,
+        and_(_J.priority == spec.priority, _J.not_before < spec.not_before),
+        and_(_J.priority == spec.priority, _J.not_before == spec.not_before, _J.id < job.id),
+    )
+    query = select(func.count()).where(
+        _J.state == JobState.QUEUED.value, _J.platform == spec.platform, ahead
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def coalesce_holders(conn: Connection, job_id: int) -> list[tuple[str, int]]:
+    """(key, holding job id) for each of ``job_id``'s coalesce keys held by another job."""
+    rows = conn.execute(
+        select(_H.key, _H.job_id)
+        .select_from(job_coalesce_keys.join(coalesce_holds, _H.key == _K.key))
+        .where(_K.job_id == job_id, _H.job_id != job_id)
+        .order_by(_H.key)
+    )
+    return [(r.key, r.job_id) for r in rows]
+
+
+def acquire_coalesce_holds(conn: Connection, job_id: int, keys: frozenset[str]) -> bool:
+    """Hold every key for ``job_id``, or none: False when another job holds one. The
+    primary key of coalesce_holds decides races between replicas."""
+    if not keys:
+        return True
+    rows = [{"key": key, "job_id": job_id} for key in sorted(keys)]
+    taken = conn.execute(
+        insert_ignoring_conflicts(conn, coalesce_holds).returning(_H.key), rows
+    ).all()
+    if len(taken) == len(keys):
+        return True
+    release_coalesce_holds(conn, job_id)
+    return False
+
+
+def release_coalesce_holds(conn: Connection, job_id: int) -> None:
+    conn.execute(delete(coalesce_holds).where(_H.job_id == job_id))
+
+
+def _backoff_active(now: datetime) -> Any:
+    return exists().where(
+        _B.subject == _J.subject, _B.process == _J.process, _B.until > now, _J.subject != ""
+    )
+
+
+def _dedupe_led() -> Any:
+    leader = jobs.alias("leader")
+    return exists().where(
+        leader.c.dedupe_key == _J.dedupe_key,
+        leader.c.state.in_([JobState.QUEUED.value, JobState.BUILDING.value]),
+    )
+
+
+def _lacks_flavor() -> Any:
+    """A job with no flavor on a platform that has flavors: none enabled serves it."""
+    return and_(_J.flavor_id.is_(None), exists().where(flavors.c.platform == _J.platform))
+
+
+def ready_noticed_jobs(conn: Connection, now: datetime, limit: int) -> list[Job]:
+    """NOTICED jobs that may become QUEUED now: due, their subject not backed off, no
+    job with their dedupe key runnable or running, and a flavor when their platform has
+    flavors. Oldest due first."""
     query = (
         select(_J.id)
-        .where(_J.state == JobState.NOTICED.value, _J.not_before <= now)
+        .where(
+            _J.state == JobState.NOTICED.value,
+            _J.not_before <= now,
+            ~_backoff_active(now),
+            or_(_J.dedupe_key.is_(None), ~_dedupe_led()),
+            ~_lacks_flavor(),
+        )
         .order_by(_J.not_before, _J.id)
         .limit(limit)
     )
-    return list(conn.execute(query).scalars())
+    ids = list(conn.execute(query).scalars())
+    found = get_jobs(conn, ids)
+    return [found[i] for i in ids]
 
 
 def next_due_time(conn: Connection) -> datetime | None:
@@ -187,6 +360,102 @@ def next_due_time(conn: Connection) -> datetime | None:
         select(func.min(_J.not_before)).where(_J.state == JobState.NOTICED.value)
     ).scalar_one_or_none()
     return value
+
+
+def dedupe_leader(conn: Connection, key: str) -> int | None:
+    """The job with dedupe key ``key`` that is QUEUED or BUILDING, if any."""
+    query = select(_J.id).where(
+        _J.dedupe_key == key, _J.state.in_([JobState.QUEUED.value, JobState.BUILDING.value])
+    )
+    return conn.execute(query).scalar_one_or_none()
+
+
+def dedupe_active(conn: Connection, key: str) -> int | None:
+    """The oldest unfinished job with dedupe key ``key``, if any."""
+    query = (
+        select(_J.id)
+        .where(_J.dedupe_key == key, _J.state.in_(sorted(s.value for s in UNFINISHED_STATES)))
+        .order_by(_J.id)
+        .limit(1)
+    )
+    return conn.execute(query).scalar_one_or_none()
+
+
+def dedupe_original(conn: Connection, key: str) -> tuple[int, JobState] | None:
+    """The newest original (not itself a duplicate) with dedupe key ``key`` that ended
+    SUCCEEDED or IRRECOVERABLE."""
+    row = conn.execute(
+        select(_J.id, _J.state)
+        .where(
+            _J.dedupe_key == key,
+            _J.duplicate_of.is_(None),
+            _J.state.in_([JobState.SUCCEEDED.value, JobState.IRRECOVERABLE.value]),
+        )
+        .order_by(_J.finished_at.desc(), _J.id.desc())
+        .limit(1)
+    ).first()
+    return (row.id, JobState(row.state)) if row else None
+
+
+def noticed_with_dedupe_key(conn: Connection, key: str) -> list[Job]:
+    ids = conn.execute(
+        select(_J.id)
+        .where(_J.dedupe_key == key, _J.state == JobState.NOTICED.value)
+        .order_by(_J.not_before, _J.id)
+    ).scalars()
+    found = get_jobs(conn, list(ids))
+    return sorted(found.values(), key=lambda j: j.id)
+
+
+def waiting_jobs_on(conn: Connection, subject: str, process: str, state: JobState) -> list[Job]:
+    ids = conn.execute(
+        select(_J.id).where(_J.subject == subject, _J.process == process, _J.state == state.value)
+    ).scalars()
+    return list(get_jobs(conn, list(ids)).values())
+
+
+def expired_waiting_jobs(conn: Connection, now: datetime, limit: int) -> list[Job]:
+    ids = conn.execute(
+        select(_J.id)
+        .where(
+            _J.state.in_([JobState.NOTICED.value, JobState.QUEUED.value]),
+            _J.expires_at.is_not(None),
+            _J.expires_at <= now,
+        )
+        .limit(limit)
+    ).scalars()
+    return list(get_jobs(conn, list(ids)).values())
+
+
+def overrun_executions(conn: Connection, now: datetime) -> list[tuple[int, int, int | None]]:
+    """(job id, execution id, session id) of open executions past their deadline."""
+    rows = conn.execute(
+        select(_E.job_id, _E.id, _E.session_id).where(
+            _E.finished_at.is_(None), _E.deadline_at.is_not(None), _E.deadline_at <= now
+        )
+    )
+    return [(r.job_id, r.id, r.session_id) for r in rows]
+
+
+def delete_finished_before(conn: Connection, cutoff: datetime, limit: int) -> int:
+    """Delete up to ``limit`` terminal jobs that finished before ``cutoff``, with their
+    executions, labels and events. Returns how many were deleted."""
+    ids = list(
+        conn.execute(
+            select(_J.id)
+            .where(_J.finished_at.is_not(None), _J.finished_at < cutoff)
+            .order_by(_J.finished_at)
+            .limit(limit)
+        ).scalars()
+    )
+    if not ids:
+        return 0
+    # Duplicates keep their own status; the link to a forgotten original goes.
+    conn.execute(update(jobs).where(_J.duplicate_of.in_(ids)).values(duplicate_of=None))
+    for table in (job_events, job_labels, job_coalesce_keys, coalesce_holds, executions):
+        conn.execute(delete(table).where(table.c.job_id.in_(ids)))
+    conn.execute(delete(jobs).where(_J.id.in_(ids)))
+    return len(ids)
 
 
 def move(
@@ -198,9 +467,13 @@ def move(
     info: str | None = None,
     expected_execution_id: int | None = None,
     new_execution_id: int | None = None,
+    count: str | None = None,
+    not_before: datetime | None = None,
+    duplicate_of: int | None = None,
 ) -> bool:
     """Apply ``transition`` to one job as a compare-and-set on its state (and, for moves
-    that end an execution, on its current execution id). Returns whether it applied."""
+    that end an execution, on its current execution id). Returns whether it applied.
+    ``count`` names a counter to add one to ("failures" or "losses")."""
     conds = [_J.id == job_id, _J.state.in_(sorted(s.value for s in transition.sources))]
     if transition.ends_execution:
         conds.append(_J.current_execution_id == expected_execution_id)
@@ -216,6 +489,12 @@ def move(
         # Back to waiting: the old execution no longer speaks for the job.
         values["current_execution_id"] = None
         values["cancel_requested_at"] = None
+    if count is not None:
+        values[count] = _J[count] + 1
+    if not_before is not None:
+        values["not_before"] = not_before
+    if duplicate_of is not None:
+        values["duplicate_of"] = duplicate_of
     result = conn.execute(update(jobs).where(*conds).values(values))
     return result.rowcount == 1
 
@@ -244,6 +523,7 @@ def insert_execution(
     runner: str,
     session_id: int | None,
     now: datetime,
+    deadline_at: datetime | None = None,
 ) -> int:
     stmt = insert(executions).returning(_E.id)
     return int(
@@ -256,6 +536,7 @@ def insert_execution(
                 "session_id": session_id,
                 "started_at": now,
                 "result": b"",
+                "deadline_at": deadline_at,
             },
         ).scalar_one()
     )
@@ -418,3 +699,13 @@ def events_of(conn: Connection, job_id: int) -> list[JobEvent]:
         )
         for r in rows
     ]
+
+
+def make_due(conn: Connection, job_id: int, now: datetime) -> bool:
+    """Bring a NOTICED job's due time forward to ``now`` ("run now")."""
+    res = conn.execute(
+        update(jobs)
+        .where(_J.id == job_id, _J.state == JobState.NOTICED.value, _J.not_before > now)
+        .values(not_before=now, updated_at=now)
+    )
+    return res.rowcount == 1

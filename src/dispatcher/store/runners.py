@@ -64,11 +64,47 @@ def list_runners(conn: Connection, name: str | None = None) -> list[Runner]:
             version=r.version,
             last_seen_at=r.last_seen_at,
             building=r.building,
+            quarantined_until=r.quarantined_until,
         )
         for r in rows
     ]
     # Online and draining runners first, then offline ones; by name within each.
     return sorted(result, key=lambda r: (r.state is RunnerState.OFFLINE, r.name))
+
+
+def quarantined_runners(conn: Connection, names: list[str], now: datetime) -> dict[str, datetime]:
+    """Which of these runners get no work now, and until when."""
+    rows = conn.execute(
+        select(_R.name, _R.quarantined_until).where(
+            _R.name.in_(sorted(set(names))), _R.quarantined_until > now
+        )
+    )
+    return {r.name: r.quarantined_until for r in rows}
+
+
+def count_lost_execution(conn: Connection, name: str) -> tuple[int, int]:
+    """One more execution of ``name`` lost in a row. Returns (lost in a row, quarantines
+    so far)."""
+    conn.execute(update(runners).where(_R.name == name).values(lost_in_row=_R.lost_in_row + 1))
+    row = conn.execute(select(_R.lost_in_row, _R.quarantines).where(_R.name == name)).first()
+    return (row.lost_in_row, row.quarantines) if row else (0, 0)
+
+
+def quarantine(conn: Connection, name: str, until: datetime) -> None:
+    conn.execute(
+        update(runners)
+        .where(_R.name == name)
+        .values(quarantined_until=until, quarantines=_R.quarantines + 1, lost_in_row=0)
+    )
+
+
+def count_good_report(conn: Connection, name: str) -> None:
+    """The runner ran a job to a result: it works, whatever the job's verdict."""
+    conn.execute(
+        update(runners)
+        .where(_R.name == name, (_R.lost_in_row > 0) | (_R.quarantines > 0))
+        .values(lost_in_row=0, quarantines=0)
+    )
 
 
 def open_session(

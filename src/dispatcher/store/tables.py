@@ -9,9 +9,11 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -25,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-from dispatcher.domain.model import RunnerState
+from dispatcher.domain.model import RunnerState, ScheduleState
 from dispatcher.domain.states import JobState, OnLostPolicy, Outcome
 
 metadata = MetaData(
@@ -96,6 +98,24 @@ jobs = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
+    # Scheduling rules (SPEC §5): flavor, retry policy and counters, back-off pair,
+    # timeouts, the schedule that made the job.
+    Column("flavor_id", Id, ForeignKey("flavors.id")),
+    Column("schedule_id", Id, ForeignKey("schedules.id")),
+    Column("subject", String(128), nullable=False, server_default=""),
+    Column("process", String(128), nullable=False, server_default=""),
+    Column("failure_backoff_seconds", Float),
+    Column("retry_max_attempts", Integer, nullable=False, server_default="1"),
+    Column("retry_initial_delay_seconds", Float, nullable=False, server_default="10"),
+    Column("retry_multiplier", Float, nullable=False, server_default="2"),
+    Column("retry_max_delay_seconds", Float, nullable=False, server_default="3600"),
+    Column("retry_max_lost", Integer, nullable=False, server_default="5"),
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("losses", Integer, nullable=False, server_default="0"),
+    Column("max_wait_seconds", Float),
+    Column("max_run_seconds", Float),
+    # created_at + max_wait: a job still waiting then is FAILED ("expired").
+    Column("expires_at", UtcDateTime),
     CheckConstraint(_one_of("state", JobState), name="state"),
     CheckConstraint(_one_of("on_lost", OnLostPolicy), name="on_lost"),
     CheckConstraint("attempt >= 0", name="attempt"),
@@ -123,6 +143,109 @@ Index(
     sqlite_where=text("state = 'NOTICED'"),
     postgresql_where=text("state = 'NOTICED'"),
 )
+_UNFINISHED = "state IN ('NOTICED', 'QUEUED', 'BUILDING')"
+# SPEC §5.4: of the jobs sharing a dedupe key, at most one is runnable or running; the
+# others wait behind it. The database refuses a second one, whoever races.
+Index(
+    "uq_jobs_dedupe_key_leader",
+    jobs.c.dedupe_key,
+    unique=True,
+    sqlite_where=text("state IN ('QUEUED', 'BUILDING') AND dedupe_key IS NOT NULL"),
+    postgresql_where=text("state IN ('QUEUED', 'BUILDING') AND dedupe_key IS NOT NULL"),
+)
+Index("ix_jobs_dedupe_key", jobs.c.dedupe_key, jobs.c.id)
+# Exactly one pending job per schedule (SPEC §3).
+Index(
+    "uq_jobs_schedule_id_pending",
+    jobs.c.schedule_id,
+    unique=True,
+    sqlite_where=text(f"{_UNFINISHED} AND schedule_id IS NOT NULL"),
+    postgresql_where=text(f"{_UNFINISHED} AND schedule_id IS NOT NULL"),
+)
+# Pressure counts unfinished jobs per flavor.
+Index(
+    "ix_jobs_flavor_id_unfinished",
+    jobs.c.flavor_id,
+    sqlite_where=text(_UNFINISHED),
+    postgresql_where=text(_UNFINISHED),
+)
+Index(
+    "ix_jobs_expires_at",
+    jobs.c.expires_at,
+    sqlite_where=text("state IN ('NOTICED', 'QUEUED') AND expires_at IS NOT NULL"),
+    postgresql_where=text("state IN ('NOTICED', 'QUEUED') AND expires_at IS NOT NULL"),
+)
+Index("ix_jobs_subject_process", jobs.c.subject, jobs.c.process, jobs.c.state)
+Index(
+    "ix_jobs_finished_at",
+    jobs.c.finished_at,
+    sqlite_where=text("finished_at IS NOT NULL"),
+    postgresql_where=text("finished_at IS NOT NULL"),
+)
+
+# A job's coalesce keys; a key held in coalesce_holds blocks every other job with it.
+job_coalesce_keys = Table(
+    "job_coalesce_keys",
+    metadata,
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(128), primary_key=True),
+)
+Index("ix_job_coalesce_keys_key", job_coalesce_keys.c.key)
+
+# SPEC §5.4: one row per coalesce key of a BUILDING job. The primary key is the rule
+# "never two BUILDING jobs sharing a key", enforced by the database.
+coalesce_holds = Table(
+    "coalesce_holds",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+)
+Index("ix_coalesce_holds_job_id", coalesce_holds.c.job_id)
+
+flavors = Table(
+    "flavors",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("platform", String(128), nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("enabled", Boolean, nullable=False),
+    Column("min_pressure", Integer, nullable=False, server_default="0"),
+    Column("created_at", UtcDateTime, nullable=False),
+    CheckConstraint("min_pressure >= 0", name="min_pressure"),
+)
+Index("ix_flavors_platform", flavors.c.platform)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    # The template of every job the schedule makes (store/schedules.py encodes it).
+    Column("job_spec", JSON, nullable=False),
+    Column("interval_seconds", Float, nullable=False),
+    Column("max_failures", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("next_due_at", UtcDateTime, nullable=False),
+    Column("last_started_at", UtcDateTime),
+    Column("created_at", UtcDateTime, nullable=False),
+    CheckConstraint(_one_of("state", ScheduleState), name="state"),
+    CheckConstraint("interval_seconds > 0", name="interval"),
+)
+
+# (subject, process) back-offs: an upsert, so at most one row per pair (SPEC §3).
+backoffs = Table(
+    "backoffs",
+    metadata,
+    Column("subject", String(128), primary_key=True),
+    Column("process", String(128), primary_key=True),
+    Column("until", UtcDateTime, nullable=False),
+    Column("cause", Text, nullable=False),
+    Column("job_id", BigInteger),
+    Column("created_at", UtcDateTime, nullable=False),
+)
 
 job_labels = Table(
     "job_labels",
@@ -142,6 +265,11 @@ runners = Table(
     Column("state", String(16), nullable=False),
     Column("version", String(128), nullable=False, server_default=""),
     Column("last_seen_at", UtcDateTime, nullable=False),
+    # Quarantine (SPEC §5.6): executions lost in a row since the last good report, and
+    # until when the runner gets no work.
+    Column("lost_in_row", Integer, nullable=False, server_default="0"),
+    Column("quarantines", Integer, nullable=False, server_default="0"),
+    Column("quarantined_until", UtcDateTime),
     CheckConstraint(_one_of("state", RunnerState), name="state"),
     CheckConstraint("capacity >= 1", name="capacity"),
 )
@@ -197,6 +325,8 @@ executions = Table(
     Column("logtail", Text, nullable=False, server_default=""),
     Column("progress_percent", Integer, nullable=False, server_default="-1"),
     Column("result", LargeBinary, nullable=False),
+    # started_at + the job's max_run: cancelled and FAILED past it.
+    Column("deadline_at", UtcDateTime),
     CheckConstraint(_one_of("outcome", Outcome) + " OR outcome IS NULL", name="outcome"),
     CheckConstraint("(outcome IS NULL) = (finished_at IS NULL)", name="finished_has_outcome"),
 )

@@ -1,0 +1,150 @@
+"""Admission: what state a new job starts in, and why (SPEC §5.1, §5.4, §5.5, §5.6).
+
+One function decides for submissions and for the jobs schedules make, in the caller's
+transaction, in this order: replay window, flavor, dedupe key, back-off, due time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from dispatcher.domain.model import Flavor, Job, JobSpec
+from dispatcher.domain.rules import SchedulingRules, choose_flavor, replay_refusal
+from dispatcher.domain.states import (
+    DUPLICATE_OF_STATE,
+    SUBMIT_NOT_FOR_US,
+    SUBMIT_NOTICED,
+    SUBMIT_QUEUED,
+    Transition,
+)
+from dispatcher.lifecycle.transitions import event_row
+from dispatcher.store import backoffs as backoff_store
+from dispatcher.store import flavors as flavor_store
+from dispatcher.store import jobs as store
+
+
+@dataclass(frozen=True)
+class _Decision:
+    transition: Transition
+    cause: str = ""
+    flavor_id: int | None = None
+    duplicate_of: int | None = None
+
+
+class Admission:
+    def __init__(self, rules: SchedulingRules, rng: random.Random) -> None:
+        self._rules = rules
+        self._rng = rng
+
+    def admit(
+        self,
+        conn: Connection,
+        specs: Sequence[JobSpec],
+        now: datetime,
+        *,
+        actor: str,
+        schedule_id: int | None = None,
+    ) -> list[Job]:
+        """Insert one job per spec, each in the state the rules give it, with its event."""
+        flavors = flavor_store.flavors_of_platforms(conn, {s.platform for s in specs})
+        # Dedupe keys of jobs admitted earlier in this batch that are still unfinished.
+        batch_keys: dict[str, int] = {}
+        decisions = []
+        for index, spec in enumerate(specs):
+            decision = self._decide(conn, spec, now, flavors[spec.platform], batch_keys)
+            decisions.append(decision)
+            if spec.dedupe_key and not decision.transition.target.terminal:
+                batch_keys.setdefault(spec.dedupe_key, index)
+        new = [
+            store.NewJob(
+                spec=spec,
+                state=d.transition.target,
+                info=d.cause,
+                flavor_id=d.flavor_id,
+                schedule_id=schedule_id,
+                duplicate_of=d.duplicate_of,
+            )
+            for spec, d in zip(specs, decisions, strict=True)
+        ]
+        ids = store.insert_jobs(conn, new, now)
+        store.insert_events(
+            conn,
+            [
+                event_row(
+                    job_id,
+                    d.transition.event,
+                    now,
+                    actor=actor,
+                    cause=d.cause,
+                    to_state=d.transition.target,
+                )
+                for job_id, d in zip(ids, decisions, strict=True)
+            ],
+        )
+        found = store.get_jobs(conn, ids)
+        return [found[i] for i in ids]
+
+    def _decide(
+        self,
+        conn: Connection,
+        spec: JobSpec,
+        now: datetime,
+        flavors: list[tuple[int, Flavor]],
+        batch_keys: dict[str, int],
+    ) -> _Decision:
+        refusal = replay_refusal(self._rules, spec.origin_time, now)
+        if refusal:
+            return _Decision(SUBMIT_NOT_FOR_US, refusal)
+        flavor_id = None
+        waits: list[str] = []
+        if flavors:
+            chosen = choose_flavor((f for _, f in flavors), spec.platform, spec.labels, self._rng)
+            if chosen is not None:
+                flavor_id = next(i for i, f in flavors if f.name == chosen.name)
+            else:
+                disabled = [f.name for _, f in flavors if f.serves(spec.platform, spec.labels)]
+                if not disabled:
+                    return _Decision(SUBMIT_NOT_FOR_US, _no_flavor(spec, flavors))
+                waits.append(f"its flavor {disabled[0]!r} is disabled")
+        if spec.dedupe_key:
+            key = spec.dedupe_key
+            active = store.dedupe_active(conn, key)
+            if active is not None:
+                waits.append(f"waiting behind job {active} with dedupe key {key!r}")
+            elif key in batch_keys:
+                waits.append(f"waiting behind job {batch_keys[key]} of this batch (dedupe key)")
+            else:
+                original = store.dedupe_original(conn, key)
+                if original is not None:
+                    original_id, state = original
+                    submit_move, _ = DUPLICATE_OF_STATE[state]
+                    cause = (
+                        f"duplicate of job {original_id} ({state.value}) with dedupe key {key!r}"
+                    )
+                    return _Decision(submit_move, cause, flavor_id, original_id)
+        if spec.subject:
+            backoff = backoff_store.active_backoff(conn, spec.subject, spec.process, now)
+            if backoff is not None:
+                waits.append(
+                    f"back-off on {spec.subject}/{spec.process} until "
+                    f"{backoff.until.isoformat()}: {backoff.cause}"
+                )
+        if spec.not_before is not None and spec.not_before > now:
+            waits.append(f"not due until {spec.not_before.isoformat()}")
+        if waits:
+            return _Decision(SUBMIT_NOTICED, "; ".join(waits), flavor_id)
+        return _Decision(SUBMIT_QUEUED, "", flavor_id)
+
+
+def _no_flavor(spec: JobSpec, flavors: list[tuple[int, Flavor]]) -> str:
+    labels = ", ".join(sorted(spec.labels)) or "none"
+    names = ", ".join(sorted(f.name for _, f in flavors))
+    return (
+        f"no flavor serves platform {spec.platform} with labels [{labels}] "
+        f"(flavors of the platform: {names})"
+    )
