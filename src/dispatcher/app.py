@@ -17,17 +17,20 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from dispatcher.api.admin import AdminServicer, ServerIdentity
+from dispatcher.api.admin import AdminServicer, RuleServices, ServerIdentity
 from dispatcher.api.distributor import DistributorServicer
 from dispatcher.api.errors import ErrorMappingInterceptor
 from dispatcher.api.reflection import enable_reflection
 from dispatcher.api.scheduler import SchedulerServicer
 from dispatcher.domain.clock import Clock
 from dispatcher.domain.errors import Unavailable
+from dispatcher.lifecycle.backoffs import Backoffs
 from dispatcher.lifecycle.batching import GroupCommit
 from dispatcher.lifecycle.context import Context
 from dispatcher.lifecycle.distributors import Distributors
 from dispatcher.lifecycle.executions import Executions
+from dispatcher.lifecycle.explain import Explainer
+from dispatcher.lifecycle.flavors import Flavors
 from dispatcher.lifecycle.jobs import Jobs
 from dispatcher.lifecycle.schedules import Schedules
 from dispatcher.lifecycle.sessions import Sessions
@@ -176,7 +179,15 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> Se
     )
     identity = ServerIdentity(replica_id=replica_id, database=db.kind, started_at=clock.now())
     admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(jobs, sessions, hub, clock, identity), server
+        AdminServicer(
+            jobs,
+            sessions,
+            hub,
+            clock,
+            identity,
+            RuleServices(Flavors(ctx), schedules, Backoffs(ctx), Explainer(ctx)),
+        ),
+        server,
     )
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(hub), server)
     distributor_pb2_grpc.add_DistributorServicer_to_server(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,7 +15,11 @@ from dispatcher import __version__
 from dispatcher.api import convert
 from dispatcher.domain.clock import Clock
 from dispatcher.domain.errors import InvalidInput
+from dispatcher.lifecycle.backoffs import Backoffs
+from dispatcher.lifecycle.explain import Explainer
+from dispatcher.lifecycle.flavors import Flavors
 from dispatcher.lifecycle.jobs import Jobs, encode_page_token
+from dispatcher.lifecycle.schedules import Schedules
 from dispatcher.lifecycle.sessions import Sessions
 from dispatcher.runners.hub import Hub
 from dispatcher.v1 import admin_pb2, admin_pb2_grpc
@@ -32,15 +37,32 @@ class ServerIdentity:
     started_at: datetime
 
 
+@dataclass(frozen=True)
+class RuleServices:
+    """The use cases behind the scheduling-rule RPCs."""
+
+    flavors: Flavors
+    schedules: Schedules
+    backoffs: Backoffs
+    explainer: Explainer
+
+
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(
-        self, jobs: Jobs, sessions: Sessions, hub: Hub, clock: Clock, identity: ServerIdentity
+        self,
+        jobs: Jobs,
+        sessions: Sessions,
+        hub: Hub,
+        clock: Clock,
+        identity: ServerIdentity,
+        rules: RuleServices,
     ) -> None:
         self._jobs = jobs
         self._sessions = sessions
         self._hub = hub
         self._clock = clock
         self._identity = identity
+        self._rules = rules
 
     async def SubmitJob(
         self, request: admin_pb2.SubmitJobRequest, context: Context
@@ -126,6 +148,121 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             started_at=started,
             uptime=uptime,
         )
+
+    # --- history and explain -------------------------------------------------------
+
+    async def GetJobHistory(
+        self, request: admin_pb2.GetJobHistoryRequest, context: Context
+    ) -> admin_pb2.GetJobHistoryResponse:
+        events = await self._jobs.history(request.id)
+        return admin_pb2.GetJobHistoryResponse(events=[convert.event_to_proto(e) for e in events])
+
+    async def ExplainJob(
+        self, request: admin_pb2.ExplainJobRequest, context: Context
+    ) -> admin_pb2.ExplainJobResponse:
+        return convert.explanation_to_proto(await self._rules.explainer.explain(request.id))
+
+    # --- flavors and pressure ----------------------------------------------------
+
+    async def AddFlavor(
+        self, request: admin_pb2.AddFlavorRequest, context: Context
+    ) -> admin_pb2.AddFlavorResponse:
+        flavor = await self._rules.flavors.add(
+            convert.flavor_from_proto(request.flavor), actor=ACTOR
+        )
+        return admin_pb2.AddFlavorResponse(flavor=convert.flavor_to_proto(flavor))
+
+    async def ListFlavors(
+        self, request: admin_pb2.ListFlavorsRequest, context: Context
+    ) -> admin_pb2.ListFlavorsResponse:
+        flavors = await self._rules.flavors.all()
+        return admin_pb2.ListFlavorsResponse(flavors=[convert.flavor_to_proto(f) for f in flavors])
+
+    async def EnableFlavor(
+        self, request: admin_pb2.EnableFlavorRequest, context: Context
+    ) -> admin_pb2.EnableFlavorResponse:
+        flavor = await self._rules.flavors.set_enabled(request.name, True, actor=ACTOR)
+        return admin_pb2.EnableFlavorResponse(flavor=convert.flavor_to_proto(flavor))
+
+    async def DisableFlavor(
+        self, request: admin_pb2.DisableFlavorRequest, context: Context
+    ) -> admin_pb2.DisableFlavorResponse:
+        flavor = await self._rules.flavors.set_enabled(request.name, False, actor=ACTOR)
+        return admin_pb2.DisableFlavorResponse(flavor=convert.flavor_to_proto(flavor))
+
+    async def DeleteFlavor(
+        self, request: admin_pb2.DeleteFlavorRequest, context: Context
+    ) -> admin_pb2.DeleteFlavorResponse:
+        await self._rules.flavors.delete(request.name, actor=ACTOR)
+        return admin_pb2.DeleteFlavorResponse()
+
+    async def GetPressures(
+        self, request: admin_pb2.GetPressuresRequest, context: Context
+    ) -> admin_pb2.GetPressuresResponse:
+        pressures = await self._rules.flavors.pressures()
+        return admin_pb2.GetPressuresResponse(
+            pressures=[convert.pressure_to_proto(p) for p in pressures]
+        )
+
+    async def WatchPressures(
+        self, request: admin_pb2.WatchPressuresRequest, context: Context
+    ) -> AsyncIterator[admin_pb2.WatchPressuresResponse]:
+        async for pressures in self._rules.flavors.watch():
+            yield admin_pb2.WatchPressuresResponse(
+                pressures=[convert.pressure_to_proto(p) for p in pressures]
+            )
+
+    # --- schedules ---------------------------------------------------------------
+
+    async def CreateSchedule(
+        self, request: admin_pb2.CreateScheduleRequest, context: Context
+    ) -> admin_pb2.CreateScheduleResponse:
+        schedule = await self._rules.schedules.create(
+            convert.schedule_from_proto(request), actor=ACTOR
+        )
+        return admin_pb2.CreateScheduleResponse(schedule=convert.schedule_to_proto(schedule))
+
+    async def ListSchedules(
+        self, request: admin_pb2.ListSchedulesRequest, context: Context
+    ) -> admin_pb2.ListSchedulesResponse:
+        schedules = await self._rules.schedules.all()
+        return admin_pb2.ListSchedulesResponse(
+            schedules=[convert.schedule_to_proto(s) for s in schedules]
+        )
+
+    async def PauseSchedule(
+        self, request: admin_pb2.PauseScheduleRequest, context: Context
+    ) -> admin_pb2.PauseScheduleResponse:
+        schedule = await self._rules.schedules.pause(request.name, actor=ACTOR)
+        return admin_pb2.PauseScheduleResponse(schedule=convert.schedule_to_proto(schedule))
+
+    async def ResumeSchedule(
+        self, request: admin_pb2.ResumeScheduleRequest, context: Context
+    ) -> admin_pb2.ResumeScheduleResponse:
+        schedule = await self._rules.schedules.resume(request.name, actor=ACTOR)
+        return admin_pb2.ResumeScheduleResponse(schedule=convert.schedule_to_proto(schedule))
+
+    async def RunScheduleNow(
+        self, request: admin_pb2.RunScheduleNowRequest, context: Context
+    ) -> admin_pb2.RunScheduleNowResponse:
+        schedule = await self._rules.schedules.run_now(request.name, actor=ACTOR)
+        return admin_pb2.RunScheduleNowResponse(schedule=convert.schedule_to_proto(schedule))
+
+    # --- back-offs ---------------------------------------------------------------
+
+    async def ListBackoffs(
+        self, request: admin_pb2.ListBackoffsRequest, context: Context
+    ) -> admin_pb2.ListBackoffsResponse:
+        backoffs = await self._rules.backoffs.active()
+        return admin_pb2.ListBackoffsResponse(
+            backoffs=[convert.backoff_to_proto(b) for b in backoffs]
+        )
+
+    async def ClearBackoff(
+        self, request: admin_pb2.ClearBackoffRequest, context: Context
+    ) -> admin_pb2.ClearBackoffResponse:
+        await self._rules.backoffs.clear(request.subject, request.process)
+        return admin_pb2.ClearBackoffResponse()
 
 
 def _require_name(name: str) -> None:

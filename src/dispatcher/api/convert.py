@@ -4,21 +4,31 @@ names, and an unknown number from a client is an INVALID_ARGUMENT naming the fie
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from dispatcher.domain.errors import InvalidInput
 from dispatcher.domain.model import (
+    DEFAULT_RETRY,
+    Backoff,
     Execution,
+    Explanation,
+    Flavor,
     Job,
     JobEvent,
     JobFilter,
     JobSpec,
+    Pressure,
+    RetryPolicy,
     Runner,
     RunnerHello,
     RunnerState,
+    Schedule,
+    ScheduleSpec,
+    ScheduleState,
 )
 from dispatcher.domain.states import DEFAULT_ON_LOST, JobState, OnLostPolicy, Outcome
 from dispatcher.v1 import admin_pb2, scheduler_pb2, types_pb2
@@ -77,6 +87,23 @@ def _time(ts: Timestamp, *, present: bool) -> datetime | None:
     return ts.ToDatetime(tzinfo=UTC)
 
 
+def _duration(value: Duration, *, present: bool, field: str) -> timedelta | None:
+    if not present:
+        return None
+    try:
+        return value.ToTimedelta()
+    except (OverflowError, ValueError):
+        raise InvalidInput(f"{field} is out of range") from None
+
+
+def _dur(value: timedelta | None) -> Duration | None:
+    if value is None:
+        return None
+    duration = Duration()
+    duration.FromTimedelta(value)
+    return duration
+
+
 def _ts(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
@@ -108,6 +135,58 @@ def spec_from_proto(spec: types_pb2.JobSpec) -> JobSpec:
         origin_time=_time(spec.origin_time, present=spec.HasField("origin_time")),
         distributor=spec.distributor,
         on_lost=on_lost,
+        retry=_retry_from_proto(spec.retry) if spec.HasField("retry") else DEFAULT_RETRY,
+        subject=spec.subject,
+        process=spec.process,
+        failure_backoff=_duration(
+            spec.failure_backoff,
+            present=spec.HasField("failure_backoff"),
+            field="spec.failure_backoff",
+        ),
+        max_wait=_duration(spec.max_wait, present=spec.HasField("max_wait"), field="spec.max_wait"),
+        max_run=_duration(spec.max_run, present=spec.HasField("max_run"), field="spec.max_run"),
+    )
+
+
+def _retry_from_proto(retry: types_pb2.RetryPolicy) -> RetryPolicy:
+    # Zero and unset mean "the default", so a client names only what it changes.
+    initial = _duration(
+        retry.initial_delay,
+        present=retry.HasField("initial_delay"),
+        field="spec.retry.initial_delay",
+    )
+    maximum = _duration(
+        retry.max_delay, present=retry.HasField("max_delay"), field="spec.retry.max_delay"
+    )
+    return RetryPolicy(
+        max_attempts=retry.max_attempts or DEFAULT_RETRY.max_attempts,
+        initial_delay=DEFAULT_RETRY.initial_delay if initial is None else initial,
+        multiplier=retry.multiplier or DEFAULT_RETRY.multiplier,
+        max_delay=DEFAULT_RETRY.max_delay if maximum is None else maximum,
+        max_lost=retry.max_lost or DEFAULT_RETRY.max_lost,
+    )
+
+
+def flavor_from_proto(flavor: types_pb2.Flavor) -> Flavor:
+    return Flavor(
+        name=flavor.name,
+        platform=flavor.platform,
+        labels=frozenset(flavor.labels),
+        priority=flavor.priority,
+        enabled=flavor.enabled,
+        min_pressure=flavor.min_pressure,
+    )
+
+
+def schedule_from_proto(request: admin_pb2.CreateScheduleRequest) -> ScheduleSpec:
+    interval = _duration(request.interval, present=request.HasField("interval"), field="interval")
+    if interval is None:
+        raise InvalidInput("interval is required: how often the job runs")
+    return ScheduleSpec(
+        name=request.name,
+        job=spec_from_proto(request.job),
+        interval=interval,
+        max_failures=request.max_failures or 5,
     )
 
 
@@ -156,6 +235,18 @@ def spec_to_proto(spec: JobSpec) -> types_pb2.JobSpec:
         origin_time=_ts(spec.origin_time),
         distributor=spec.distributor,
         on_lost=_ON_LOST_PB[spec.on_lost],
+        retry=types_pb2.RetryPolicy(
+            max_attempts=spec.retry.max_attempts,
+            initial_delay=_dur(spec.retry.initial_delay),
+            multiplier=spec.retry.multiplier,
+            max_delay=_dur(spec.retry.max_delay),
+            max_lost=spec.retry.max_lost,
+        ),
+        subject=spec.subject,
+        process=spec.process,
+        failure_backoff=_dur(spec.failure_backoff),
+        max_wait=_dur(spec.max_wait),
+        max_run=_dur(spec.max_run),
     )
 
 
@@ -174,6 +265,10 @@ def job_to_proto(job: Job) -> types_pb2.Job:
         executions=[execution_to_proto(e) for e in job.executions],
         events=[event_to_proto(e) for e in job.events],
         runner=job.runner,
+        flavor=job.flavor,
+        schedule=job.schedule,
+        failures=job.failures,
+        losses=job.losses,
     )
 
 
@@ -225,4 +320,73 @@ def runner_to_proto(runner: Runner) -> types_pb2.Runner:
         version=runner.version,
         last_seen_at=_ts(runner.last_seen_at),
         building=runner.building,
+        quarantined_until=_ts(runner.quarantined_until),
+    )
+
+
+def flavor_to_proto(flavor: Flavor) -> types_pb2.Flavor:
+    return types_pb2.Flavor(
+        name=flavor.name,
+        platform=flavor.platform,
+        labels=sorted(flavor.labels),
+        priority=flavor.priority,
+        enabled=flavor.enabled,
+        min_pressure=flavor.min_pressure,
+    )
+
+
+def pressure_to_proto(pressure: Pressure) -> types_pb2.Pressure:
+    return types_pb2.Pressure(
+        flavor=pressure.flavor,
+        platform=pressure.platform,
+        value=pressure.value,
+        unfinished=pressure.unfinished,
+        enabled=pressure.enabled,
+    )
+
+
+_SCHEDULE_STATE_PB = {
+    ScheduleState.ACTIVE: types_pb2.SCHEDULE_STATE_ACTIVE,
+    ScheduleState.PAUSED: types_pb2.SCHEDULE_STATE_PAUSED,
+    ScheduleState.SUSPENDED: types_pb2.SCHEDULE_STATE_SUSPENDED,
+}
+
+
+def schedule_to_proto(schedule: Schedule) -> types_pb2.Schedule:
+    return types_pb2.Schedule(
+        name=schedule.spec.name,
+        job=spec_to_proto(schedule.spec.job),
+        interval=_dur(schedule.spec.interval),
+        max_failures=schedule.spec.max_failures,
+        state=_SCHEDULE_STATE_PB[schedule.state],
+        consecutive_failures=schedule.consecutive_failures,
+        next_due_at=_ts(schedule.next_due_at),
+        last_started_at=_ts(schedule.last_started_at),
+        pending_job_id=schedule.pending_job_id or 0,
+    )
+
+
+def backoff_to_proto(backoff: Backoff) -> types_pb2.Backoff:
+    return types_pb2.Backoff(
+        subject=backoff.subject,
+        process=backoff.process,
+        until=_ts(backoff.until),
+        cause=backoff.cause,
+        job_id=backoff.job_id or 0,
+    )
+
+
+def explanation_to_proto(explanation: Explanation) -> admin_pb2.ExplainJobResponse:
+    return admin_pb2.ExplainJobResponse(
+        id=explanation.job_id,
+        state=_JOB_STATE_PB[explanation.state],
+        reasons=[
+            types_pb2.Reason(
+                code=r.code,
+                text=r.text,
+                until=_ts(r.until),
+                blocking_job_id=r.blocking_job_id or 0,
+            )
+            for r in explanation.reasons
+        ],
     )

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64ispatcher/v1/admin.proto\x12\rdispatcher.v1\x1a\x19\x64ispatcher/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"8\n\x10SubmitJobRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.dispatcher.v1.JobSpec\"E\n\x11SubmitJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.dispatcher.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\":\n\x11SubmitJobsRequest\x12%\n\x05specs\x18\x01 \x03(\x0b\x32\x16.dispatcher.v1.JobSpec\"G\n\x12SubmitJobsResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .dispatcher.v1.SubmitJobResponse\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.dispatcher.v1.Job\"\x89\x02\n\x0fListJobsRequest\x12\'\n\x06states\x18\x01 \x03(\x0e\x32\x17.dispatcher.v1.JobState\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0e\n\x06runner\x18\x05 \x01(\t\x12\x31\n\rcreated_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.dispatcher.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.dispatcher.v1.Job\"\x14\n\x12ListRunnersRequest\"=\n\x13ListRunnersResponse\x12&\n\x07runners\x18\x01 \x03(\x0b\x32\x15.dispatcher.v1.Runner\"2\n\x12\x44rainRunnerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"<\n\x13\x44rainRunnerResponse\x12%\n\x06runner\x18\x01 \x01(\x0b\x32\x15.dispatcher.v1.Runner\"$\n\x14UndrainRunnerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x15UndrainRunnerResponse\x12%\n\x06runner\x18\x01 \x01(\x0b\x32\x15.dispatcher.v1.Runner\"\x16\n\x14GetServerInfoRequest\"\xa9\x01\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tabase\x18\x02 \x01(\t\x12\x12\n\nreplica_id\x18\x03 \x01(\t\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration2\xf2\x05\n\x05\x41\x64min\x12N\n\tSubmitJob\x12\x1f.dispatcher.v1.SubmitJobRequest\x1a .dispatcher.v1.SubmitJobResponse\x12Q\n\nSubmitJobs\x12 .dispatcher.v1.SubmitJobsRequest\x1a!.dispatcher.v1.SubmitJobsResponse\x12\x45\n\x06GetJob\x12\x1c.dispatcher.v1.GetJobRequest\x1a\x1d.dispatcher.v1.GetJobResponse\x12K\n\x08ListJobs\x12\x1e.dispatcher.v1.ListJobsRequest\x1a\x1f.dispatcher.v1.ListJobsResponse\x12N\n\tCancelJob\x12\x1f.dispatcher.v1.CancelJobRequest\x1a .dispatcher.v1.CancelJobResponse\x12T\n\x0bListRunners\x12!.dispatcher.v1.ListRunnersRequest\x1a\".dispatcher.v1.ListRunnersResponse\x12T\n\x0b\x44rainRunner\x12!.dispatcher.v1.DrainRunnerRequest\x1a\".dispatcher.v1.DrainRunnerResponse\x12Z\n\rUndrainRunner\x12#.dispatcher.v1.UndrainRunnerRequest\x1a$.dispatcher.v1.UndrainRunnerResponse\x12Z\n\rGetServerInfo\x12#.dispatcher.v1.GetServerInfoRequest\x1a$.dispatcher.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64ispatcher/v1/admin.proto\x12\rdispatcher.v1\x1a\x19\x64ispatcher/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"8\n\x10SubmitJobRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.dispatcher.v1.JobSpec\"E\n\x11SubmitJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.dispatcher.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\":\n\x11SubmitJobsRequest\x12%\n\x05specs\x18\x01 \x03(\x0b\x32\x16.dispatcher.v1.JobSpec\"G\n\x12SubmitJobsResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .dispatcher.v1.SubmitJobResponse\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.dispatcher.v1.Job\"\x89\x02\n\x0fListJobsRequest\x12\'\n\x06states\x18\x01 \x03(\x0e\x32\x17.dispatcher.v1.JobState\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0e\n\x06runner\x18\x05 \x01(\t\x12\x31\n\rcreated_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.dispatcher.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.dispatcher.v1.Job\"\x14\n\x12ListRunnersRequest\"=\n\x13ListRunnersResponse\x12&\n\x07runners\x18\x01 \x03(\x0b\x32\x15.dispatcher.v1.Runner\"2\n\x12\x44rainRunnerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"<\n\x13\x44rainRunnerResponse\x12%\n\x06runner\x18\x01 \x01(\x0b\x32\x15.dispatcher.v1.Runner\"$\n\x14UndrainRunnerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x15UndrainRunnerResponse\x12%\n\x06runner\x18\x01 \x01(\x0b\x32\x15.dispatcher.v1.Runner\"\x16\n\x14GetServerInfoRequest\"\xa9\x01\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tabase\x18\x02 \x01(\t\x12\x12\n\nreplica_id\x18\x03 \x01(\t\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\"\n\x14GetJobHistoryRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"@\n\x15GetJobHistoryResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.dispatcher.v1.JobEvent\"\x1f\n\x11\x45xplainJobRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"p\n\x12\x45xplainJobResponse\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.dispatcher.v1.JobState\x12&\n\x07reasons\x18\x03 \x03(\x0b\x32\x15.dispatcher.v1.Reason\"9\n\x10\x41\x64\x64\x46lavorRequest\x12%\n\x06\x66lavor\x18\x01 \x01(\x0b\x32\x15.dispatcher.v1.Flavor\":\n\x11\x41\x64\x64\x46lavorResponse\x12%\n\x06\x66lavor\x18\x01 \x01(\x0b\x32\x15.dispatcher.v1.Flavor\"\x14\n\x12ListFlavorsRequest\"=\n\x13ListFlavorsResponse\x12&\n\x07\x66lavors\x18\x01 \x03(\x0b\x32\x15.dispatcher.v1.Flavor\"#\n\x13\x45nableFlavorRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14\x45nableFlavorResponse\x12%\n\x06\x66lavor\x18\x01 \x01(\x0b\x32\x15.dispatcher.v1.Flavor\"$\n\x14\x44isableFlavorRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\">\n\x15\x44isableFlavorResponse\x12%\n\x06\x66lavor\x18\x01 \x01(\x0b\x32\x15.dispatcher.v1.Flavor\"#\n\x13\x44\x65leteFlavorRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteFlavorResponse\"\x15\n\x13GetPressuresRequest\"B\n\x14GetPressuresResponse\x12*\n\tpressures\x18\x01 \x03(\x0b\x32\x17.dispatcher.v1.Pressure\"\x17\n\x15WatchPressuresRequest\"D\n\x16WatchPressuresResponse\x12*\n\tpressures\x18\x01 \x03(\x0b\x32\x17.dispatcher.v1.Pressure\"\x8d\x01\n\x15\x43reateScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x03job\x18\x02 \x01(\x0b\x32\x16.dispatcher.v1.JobSpec\x12+\n\x08interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_failures\x18\x04 \x01(\x05\"C\n\x16\x43reateScheduleResponse\x12)\n\x08schedule\x18\x01 \x01(\x0b\x32\x17.dispatcher.v1.Schedule\"\x16\n\x14ListSchedulesRequest\"C\n\x15ListSchedulesResponse\x12*\n\tschedules\x18\x01 \x03(\x0b\x32\x17.dispatcher.v1.Schedule\"$\n\x14PauseScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x15PauseScheduleResponse\x12)\n\x08schedule\x18\x01 \x01(\x0b\x32\x17.dispatcher.v1.Schedule\"%\n\x15ResumeScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x16ResumeScheduleResponse\x12)\n\x08schedule\x18\x01 \x01(\x0b\x32\x17.dispatcher.v1.Schedule\"%\n\x15RunScheduleNowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x16RunScheduleNowResponse\x12)\n\x08schedule\x18\x01 \x01(\x0b\x32\x17.dispatcher.v1.Schedule\"\x15\n\x13ListBackoffsRequest\"@\n\x14ListBackoffsResponse\x12(\n\x08\x62\x61\x63koffs\x18\x01 \x03(\x0b\x32\x16.dispatcher.v1.Backoff\"7\n\x13\x43learBackoffRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07process\x18\x02 \x01(\t\"\x16\n\x14\x43learBackoffResponse2\x96\x11\n\x05\x41\x64min\x12N\n\tSubmitJob\x12\x1f.dispatcher.v1.SubmitJobRequest\x1a .dispatcher.v1.SubmitJobResponse\x12Q\n\nSubmitJobs\x12 .dispatcher.v1.SubmitJobsRequest\x1a!.dispatcher.v1.SubmitJobsResponse\x12\x45\n\x06GetJob\x12\x1c.dispatcher.v1.GetJobRequest\x1a\x1d.dispatcher.v1.GetJobResponse\x12K\n\x08ListJobs\x12\x1e.dispatcher.v1.ListJobsRequest\x1a\x1f.dispatcher.v1.ListJobsResponse\x12N\n\tCancelJob\x12\x1f.dispatcher.v1.CancelJobRequest\x1a .dispatcher.v1.CancelJobResponse\x12T\n\x0bListRunners\x12!.dispatcher.v1.ListRunnersRequest\x1a\".dispatcher.v1.ListRunnersResponse\x12T\n\x0b\x44rainRunner\x12!.dispatcher.v1.DrainRunnerRequest\x1a\".dispatcher.v1.DrainRunnerResponse\x12Z\n\rUndrainRunner\x12#.dispatcher.v1.UndrainRunnerRequest\x1a$.dispatcher.v1.UndrainRunnerResponse\x12Z\n\rGetServerInfo\x12#.dispatcher.v1.GetServerInfoRequest\x1a$.dispatcher.v1.GetServerInfoResponse\x12Z\n\rGetJobHistory\x12#.dispatcher.v1.GetJobHistoryRequest\x1a$.dispatcher.v1.GetJobHistoryResponse\x12Q\n\nExplainJob\x12 .dispatcher.v1.ExplainJobRequest\x1a!.dispatcher.v1.ExplainJobResponse\x12N\n\tAddFlavor\x12\x1f.dispatcher.v1.AddFlavorRequest\x1a .dispatcher.v1.AddFlavorResponse\x12T\n\x0bListFlavors\x12!.dispatcher.v1.ListFlavorsRequest\x1a\".dispatcher.v1.ListFlavorsResponse\x12W\n\x0c\x45nableFlavor\x12\".dispatcher.v1.EnableFlavorRequest\x1a#.dispatcher.v1.EnableFlavorResponse\x12Z\n\rDisableFlavor\x12#.dispatcher.v1.DisableFlavorRequest\x1a$.dispatcher.v1.DisableFlavorResponse\x12W\n\x0c\x44\x65leteFlavor\x12\".dispatcher.v1.DeleteFlavorRequest\x1a#.dispatcher.v1.DeleteFlavorResponse\x12W\n\x0cGetPressures\x12\".dispatcher.v1.GetPressuresRequest\x1a#.dispatcher.v1.GetPressuresResponse\x12_\n\x0eWatchPressures\x12$.dispatcher.v1.WatchPressuresRequest\x1a%.dispatcher.v1.WatchPressuresResponse0\x01\x12]\n\x0e\x43reateSchedule\x12$.dispatcher.v1.CreateScheduleRequest\x1a%.dispatcher.v1.CreateScheduleResponse\x12Z\n\rListSchedules\x12#.dispatcher.v1.ListSchedulesRequest\x1a$.dispatcher.v1.ListSchedulesResponse\x12Z\n\rPauseSchedule\x12#.dispatcher.v1.PauseScheduleRequest\x1a$.dispatcher.v1.PauseScheduleResponse\x12]\n\x0eResumeSchedule\x12$.dispatcher.v1.ResumeScheduleRequest\x1a%.dispatcher.v1.ResumeScheduleResponse\x12]\n\x0eRunScheduleNow\x12$.dispatcher.v1.RunScheduleNowRequest\x1a%.dispatcher.v1.RunScheduleNowResponse\x12W\n\x0cListBackoffs\x12\".dispatcher.v1.ListBackoffsRequest\x1a#.dispatcher.v1.ListBackoffsResponse\x12W\n\x0c\x43learBackoff\x12\".dispatcher.v1.ClearBackoffRequest\x1a#.dispatcher.v1.ClearBackoffResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -70,6 +70,70 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSERVERINFOREQUEST']._serialized_end=1250
   _globals['_GETSERVERINFORESPONSE']._serialized_start=1253
   _globals['_GETSERVERINFORESPONSE']._serialized_end=1422
-  _globals['_ADMIN']._serialized_start=1425
-  _globals['_ADMIN']._serialized_end=2179
+  _globals['_GETJOBHISTORYREQUEST']._serialized_start=1424
+  _globals['_GETJOBHISTORYREQUEST']._serialized_end=1458
+  _globals['_GETJOBHISTORYRESPONSE']._serialized_start=1460
+  _globals['_GETJOBHISTORYRESPONSE']._serialized_end=1524
+  _globals['_EXPLAINJOBREQUEST']._serialized_start=1526
+  _globals['_EXPLAINJOBREQUEST']._serialized_end=1557
+  _globals['_EXPLAINJOBRESPONSE']._serialized_start=1559
+  _globals['_EXPLAINJOBRESPONSE']._serialized_end=1671
+  _globals['_ADDFLAVORREQUEST']._serialized_start=1673
+  _globals['_ADDFLAVORREQUEST']._serialized_end=1730
+  _globals['_ADDFLAVORRESPONSE']._serialized_start=1732
+  _globals['_ADDFLAVORRESPONSE']._serialized_end=1790
+  _globals['_LISTFLAVORSREQUEST']._serialized_start=1792
+  _globals['_LISTFLAVORSREQUEST']._serialized_end=1812
+  _globals['_LISTFLAVORSRESPONSE']._serialized_start=1814
+  _globals['_LISTFLAVORSRESPONSE']._serialized_end=1875
+  _globals['_ENABLEFLAVORREQUEST']._serialized_start=1877
+  _globals['_ENABLEFLAVORREQUEST']._serialized_end=1912
+  _globals['_ENABLEFLAVORRESPONSE']._serialized_start=1914
+  _globals['_ENABLEFLAVORRESPONSE']._serialized_end=1975
+  _globals['_DISABLEFLAVORREQUEST']._serialized_start=1977
+  _globals['_DISABLEFLAVORREQUEST']._serialized_end=2013
+  _globals['_DISABLEFLAVORRESPONSE']._serialized_start=2015
+  _globals['_DISABLEFLAVORRESPONSE']._serialized_end=2077
+  _globals['_DELETEFLAVORREQUEST']._serialized_start=2079
+  _globals['_DELETEFLAVORREQUEST']._serialized_end=2114
+  _globals['_DELETEFLAVORRESPONSE']._serialized_start=2116
+  _globals['_DELETEFLAVORRESPONSE']._serialized_end=2138
+  _globals['_GETPRESSURESREQUEST']._serialized_start=2140
+  _globals['_GETPRESSURESREQUEST']._serialized_end=2161
+  _globals['_GETPRESSURESRESPONSE']._serialized_start=2163
+  _globals['_GETPRESSURESRESPONSE']._serialized_end=2229
+  _globals['_WATCHPRESSURESREQUEST']._serialized_start=2231
+  _globals['_WATCHPRESSURESREQUEST']._serialized_end=2254
+  _globals['_WATCHPRESSURESRESPONSE']._serialized_start=2256
+  _globals['_WATCHPRESSURESRESPONSE']._serialized_end=2324
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=2327
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=2468
+  _globals['_CREATESCHEDULERESPONSE']._serialized_start=2470
+  _globals['_CREATESCHEDULERESPONSE']._serialized_end=2537
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=2539
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=2561
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=2563
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=2630
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=2632
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=2668
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=2670
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=2736
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=2738
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=2775
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=2777
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=2844
+  _globals['_RUNSCHEDULENOWREQUEST']._serialized_start=2846
+  _globals['_RUNSCHEDULENOWREQUEST']._serialized_end=2883
+  _globals['_RUNSCHEDULENOWRESPONSE']._serialized_start=2885
+  _globals['_RUNSCHEDULENOWRESPONSE']._serialized_end=2952
+  _globals['_LISTBACKOFFSREQUEST']._serialized_start=2954
+  _globals['_LISTBACKOFFSREQUEST']._serialized_end=2975
+  _globals['_LISTBACKOFFSRESPONSE']._serialized_start=2977
+  _globals['_LISTBACKOFFSRESPONSE']._serialized_end=3041
+  _globals['_CLEARBACKOFFREQUEST']._serialized_start=3043
+  _globals['_CLEARBACKOFFREQUEST']._serialized_end=3098
+  _globals['_CLEARBACKOFFRESPONSE']._serialized_start=3100
+  _globals['_CLEARBACKOFFRESPONSE']._serialized_end=3122
+  _globals['_ADMIN']._serialized_start=3125
+  _globals['_ADMIN']._serialized_end=5323
 # @@protoc_insertion_point(module_scope)

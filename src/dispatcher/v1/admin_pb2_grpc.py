@@ -83,6 +83,86 @@ class AdminStub:
                 request_serializer=dispatcher_dot_v1_dot_admin__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=dispatcher_dot_v1_dot_admin__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.GetJobHistory = channel.unary_unary(
+                '/dispatcher.v1.Admin/GetJobHistory',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.GetJobHistoryRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.GetJobHistoryResponse.FromString,
+                _registered_method=True)
+        self.ExplainJob = channel.unary_unary(
+                '/dispatcher.v1.Admin/ExplainJob',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.ExplainJobRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.ExplainJobResponse.FromString,
+                _registered_method=True)
+        self.AddFlavor = channel.unary_unary(
+                '/dispatcher.v1.Admin/AddFlavor',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.AddFlavorRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.AddFlavorResponse.FromString,
+                _registered_method=True)
+        self.ListFlavors = channel.unary_unary(
+                '/dispatcher.v1.Admin/ListFlavors',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.ListFlavorsRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.ListFlavorsResponse.FromString,
+                _registered_method=True)
+        self.EnableFlavor = channel.unary_unary(
+                '/dispatcher.v1.Admin/EnableFlavor',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.EnableFlavorRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.EnableFlavorResponse.FromString,
+                _registered_method=True)
+        self.DisableFlavor = channel.unary_unary(
+                '/dispatcher.v1.Admin/DisableFlavor',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.DisableFlavorRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.DisableFlavorResponse.FromString,
+                _registered_method=True)
+        self.DeleteFlavor = channel.unary_unary(
+                '/dispatcher.v1.Admin/DeleteFlavor',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.DeleteFlavorRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.DeleteFlavorResponse.FromString,
+                _registered_method=True)
+        self.GetPressures = channel.unary_unary(
+                '/dispatcher.v1.Admin/GetPressures',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.GetPressuresRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.GetPressuresResponse.FromString,
+                _registered_method=True)
+        self.WatchPressures = channel.unary_stream(
+                '/dispatcher.v1.Admin/WatchPressures',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.WatchPressuresRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.WatchPressuresResponse.FromString,
+                _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/dispatcher.v1.Admin/CreateSchedule',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.CreateScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/dispatcher.v1.Admin/ListSchedules',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/dispatcher.v1.Admin/PauseSchedule',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.PauseScheduleResponse.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/dispatcher.v1.Admin/ResumeSchedule',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.ResumeScheduleResponse.FromString,
+                _registered_method=True)
+        self.RunScheduleNow = channel.unary_unary(
+                '/dispatcher.v1.Admin/RunScheduleNow',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.RunScheduleNowRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.RunScheduleNowResponse.FromString,
+                _registered_method=True)
+        self.ListBackoffs = channel.unary_unary(
+                '/dispatcher.v1.Admin/ListBackoffs',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.ListBackoffsRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.ListBackoffsResponse.FromString,
+                _registered_method=True)
+        self.ClearBackoff = channel.unary_unary(
+                '/dispatcher.v1.Admin/ClearBackoff',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.ClearBackoffRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.ClearBackoffResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -185,6 +265,153 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobHistory(self, request, context):
+        """GetJobHistory returns every event of a job, oldest first: who, when, from,
+        to, cause.
+
+        Changes nothing. Status codes: INVALID_ARGUMENT (no id), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainJob(self, request, context):
+        """ExplainJob says why a job is not running, from the rules the scheduler uses:
+        not due, back-off, waiting behind a job on a dedupe or coalesce key, flavor
+        disabled, no online runner with its platform and labels, jobs ahead of it.
+
+        Changes nothing. Status codes: INVALID_ARGUMENT (no id), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddFlavor(self, request, context):
+        """AddFlavor adds a flavor; waiting jobs of its platform with no flavor that it
+        serves are assigned to it.
+
+        Status codes: INVALID_ARGUMENT (bad name, platform, label), FAILED_PRECONDITION
+        (a flavor with that name exists).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFlavors(self, request, context):
+        """ListFlavors lists every flavor by platform, highest priority first.
+
+        Changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableFlavor(self, request, context):
+        """EnableFlavor enables a flavor; waiting jobs with no flavor that it serves are
+        assigned to it. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableFlavor(self, request, context):
+        """DisableFlavor disables a flavor; its waiting jobs go to the best other
+        flavor that serves them, or wait (NOTICED) with none.
+        Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteFlavor(self, request, context):
+        """DeleteFlavor deletes a flavor, re-assigning its waiting jobs as DisableFlavor.
+        Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPressures(self, request, context):
+        """GetPressures returns the pressure of every flavor.
+
+        Changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchPressures(self, request, context):
+        """WatchPressures sends the pressures now, then again whenever one changes: what
+        an autoscaler needs instead of polling. The stream lasts until the caller
+        cancels it or the server stops.
+
+        Changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSchedule(self, request, context):
+        """CreateSchedule creates a recurring job; its first run is due at once (or at
+        job.not_before).
+
+        Status codes: INVALID_ARGUMENT (bad name, interval, job), FAILED_PRECONDITION
+        (a schedule with that name exists).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """ListSchedules lists every schedule by name.
+
+        Changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """PauseSchedule stops new runs; a pending run that has not started is
+        cancelled. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """ResumeSchedule makes a paused or suspended schedule active again, with its
+        failure count reset. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunScheduleNow(self, request, context):
+        """RunScheduleNow makes the pending run due now. Status codes: INVALID_ARGUMENT
+        (no name), NOT_FOUND, FAILED_PRECONDITION (paused or suspended).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBackoffs(self, request, context):
+        """ListBackoffs lists the (subject, process) back-offs in force.
+
+        Changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearBackoff(self, request, context):
+        """ClearBackoff ends a back-off now; the jobs it held become runnable.
+        Status codes: INVALID_ARGUMENT (no subject), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +459,86 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=dispatcher_dot_v1_dot_admin__pb2.GetServerInfoRequest.FromString,
                     response_serializer=dispatcher_dot_v1_dot_admin__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'GetJobHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobHistory,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.GetJobHistoryRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.GetJobHistoryResponse.SerializeToString,
+            ),
+            'ExplainJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainJob,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.ExplainJobRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.ExplainJobResponse.SerializeToString,
+            ),
+            'AddFlavor': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddFlavor,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.AddFlavorRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.AddFlavorResponse.SerializeToString,
+            ),
+            'ListFlavors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFlavors,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.ListFlavorsRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.ListFlavorsResponse.SerializeToString,
+            ),
+            'EnableFlavor': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableFlavor,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.EnableFlavorRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.EnableFlavorResponse.SerializeToString,
+            ),
+            'DisableFlavor': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableFlavor,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.DisableFlavorRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.DisableFlavorResponse.SerializeToString,
+            ),
+            'DeleteFlavor': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFlavor,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.DeleteFlavorRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.DeleteFlavorResponse.SerializeToString,
+            ),
+            'GetPressures': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPressures,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.GetPressuresRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.GetPressuresResponse.SerializeToString,
+            ),
+            'WatchPressures': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPressures,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.WatchPressuresRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.WatchPressuresResponse.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.CreateScheduleResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.PauseScheduleResponse.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.ResumeScheduleResponse.SerializeToString,
+            ),
+            'RunScheduleNow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunScheduleNow,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.RunScheduleNowRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.RunScheduleNowResponse.SerializeToString,
+            ),
+            'ListBackoffs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBackoffs,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.ListBackoffsRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.ListBackoffsResponse.SerializeToString,
+            ),
+            'ClearBackoff': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearBackoff,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.ClearBackoffRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.ClearBackoffResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -481,6 +788,438 @@ class Admin:
             '/dispatcher.v1.Admin/GetServerInfo',
             dispatcher_dot_v1_dot_admin__pb2.GetServerInfoRequest.SerializeToString,
             dispatcher_dot_v1_dot_admin__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/GetJobHistory',
+            dispatcher_dot_v1_dot_admin__pb2.GetJobHistoryRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.GetJobHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/ExplainJob',
+            dispatcher_dot_v1_dot_admin__pb2.ExplainJobRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.ExplainJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddFlavor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/AddFlavor',
+            dispatcher_dot_v1_dot_admin__pb2.AddFlavorRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.AddFlavorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFlavors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/ListFlavors',
+            dispatcher_dot_v1_dot_admin__pb2.ListFlavorsRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.ListFlavorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableFlavor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/EnableFlavor',
+            dispatcher_dot_v1_dot_admin__pb2.EnableFlavorRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.EnableFlavorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableFlavor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/DisableFlavor',
+            dispatcher_dot_v1_dot_admin__pb2.DisableFlavorRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.DisableFlavorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFlavor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/DeleteFlavor',
+            dispatcher_dot_v1_dot_admin__pb2.DeleteFlavorRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.DeleteFlavorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPressures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/GetPressures',
+            dispatcher_dot_v1_dot_admin__pb2.GetPressuresRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.GetPressuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPressures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dispatcher.v1.Admin/WatchPressures',
+            dispatcher_dot_v1_dot_admin__pb2.WatchPressuresRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.WatchPressuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/CreateSchedule',
+            dispatcher_dot_v1_dot_admin__pb2.CreateScheduleRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.CreateScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/ListSchedules',
+            dispatcher_dot_v1_dot_admin__pb2.ListSchedulesRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/PauseSchedule',
+            dispatcher_dot_v1_dot_admin__pb2.PauseScheduleRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.PauseScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/ResumeSchedule',
+            dispatcher_dot_v1_dot_admin__pb2.ResumeScheduleRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.ResumeScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunScheduleNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/RunScheduleNow',
+            dispatcher_dot_v1_dot_admin__pb2.RunScheduleNowRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.RunScheduleNowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBackoffs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/ListBackoffs',
+            dispatcher_dot_v1_dot_admin__pb2.ListBackoffsRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.ListBackoffsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearBackoff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/ClearBackoff',
+            dispatcher_dot_v1_dot_admin__pb2.ClearBackoffRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.ClearBackoffResponse.FromString,
             options,
             channel_credentials,
             insecure,

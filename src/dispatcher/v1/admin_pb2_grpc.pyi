@@ -94,6 +94,89 @@ class AdminStub:
 
     Changes nothing.
     """
+    GetJobHistory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetJobHistoryRequest, _admin_pb2.GetJobHistoryResponse]
+    """GetJobHistory returns every event of a job, oldest first: who, when, from,
+    to, cause.
+
+    Changes nothing. Status codes: INVALID_ARGUMENT (no id), NOT_FOUND.
+    """
+    ExplainJob: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExplainJobRequest, _admin_pb2.ExplainJobResponse]
+    """ExplainJob says why a job is not running, from the rules the scheduler uses:
+    not due, back-off, waiting behind a job on a dedupe or coalesce key, flavor
+    disabled, no online runner with its platform and labels, jobs ahead of it.
+
+    Changes nothing. Status codes: INVALID_ARGUMENT (no id), NOT_FOUND.
+    """
+    AddFlavor: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddFlavorRequest, _admin_pb2.AddFlavorResponse]
+    """AddFlavor adds a flavor; waiting jobs of its platform with no flavor that it
+    serves are assigned to it.
+
+    Status codes: INVALID_ARGUMENT (bad name, platform, label), FAILED_PRECONDITION
+    (a flavor with that name exists).
+    """
+    ListFlavors: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListFlavorsRequest, _admin_pb2.ListFlavorsResponse]
+    """ListFlavors lists every flavor by platform, highest priority first.
+
+    Changes nothing.
+    """
+    EnableFlavor: _grpc.UnaryUnaryMultiCallable[_admin_pb2.EnableFlavorRequest, _admin_pb2.EnableFlavorResponse]
+    """EnableFlavor enables a flavor; waiting jobs with no flavor that it serves are
+    assigned to it. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+    """
+    DisableFlavor: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DisableFlavorRequest, _admin_pb2.DisableFlavorResponse]
+    """DisableFlavor disables a flavor; its waiting jobs go to the best other
+    flavor that serves them, or wait (NOTICED) with none.
+    Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+    """
+    DeleteFlavor: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteFlavorRequest, _admin_pb2.DeleteFlavorResponse]
+    """DeleteFlavor deletes a flavor, re-assigning its waiting jobs as DisableFlavor.
+    Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+    """
+    GetPressures: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetPressuresRequest, _admin_pb2.GetPressuresResponse]
+    """GetPressures returns the pressure of every flavor.
+
+    Changes nothing.
+    """
+    WatchPressures: _grpc.UnaryStreamMultiCallable[_admin_pb2.WatchPressuresRequest, _admin_pb2.WatchPressuresResponse]
+    """WatchPressures sends the pressures now, then again whenever one changes: what
+    an autoscaler needs instead of polling. The stream lasts until the caller
+    cancels it or the server stops.
+
+    Changes nothing.
+    """
+    CreateSchedule: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateScheduleRequest, _admin_pb2.CreateScheduleResponse]
+    """CreateSchedule creates a recurring job; its first run is due at once (or at
+    job.not_before).
+
+    Status codes: INVALID_ARGUMENT (bad name, interval, job), FAILED_PRECONDITION
+    (a schedule with that name exists).
+    """
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSchedulesRequest, _admin_pb2.ListSchedulesResponse]
+    """ListSchedules lists every schedule by name.
+
+    Changes nothing.
+    """
+    PauseSchedule: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PauseScheduleRequest, _admin_pb2.PauseScheduleResponse]
+    """PauseSchedule stops new runs; a pending run that has not started is
+    cancelled. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+    """
+    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResumeScheduleRequest, _admin_pb2.ResumeScheduleResponse]
+    """ResumeSchedule makes a paused or suspended schedule active again, with its
+    failure count reset. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+    """
+    RunScheduleNow: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RunScheduleNowRequest, _admin_pb2.RunScheduleNowResponse]
+    """RunScheduleNow makes the pending run due now. Status codes: INVALID_ARGUMENT
+    (no name), NOT_FOUND, FAILED_PRECONDITION (paused or suspended).
+    """
+    ListBackoffs: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListBackoffsRequest, _admin_pb2.ListBackoffsResponse]
+    """ListBackoffs lists the (subject, process) back-offs in force.
+
+    Changes nothing.
+    """
+    ClearBackoff: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ClearBackoffRequest, _admin_pb2.ClearBackoffResponse]
+    """ClearBackoff ends a back-off now; the jobs it held become runnable.
+    Status codes: INVALID_ARGUMENT (no subject), NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -160,6 +243,89 @@ class AdminAsyncStub(AdminStub):
     """GetServerInfo says what this dispatcher is.
 
     Changes nothing.
+    """
+    GetJobHistory: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetJobHistoryRequest, _admin_pb2.GetJobHistoryResponse]  # type: ignore[assignment]
+    """GetJobHistory returns every event of a job, oldest first: who, when, from,
+    to, cause.
+
+    Changes nothing. Status codes: INVALID_ARGUMENT (no id), NOT_FOUND.
+    """
+    ExplainJob: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExplainJobRequest, _admin_pb2.ExplainJobResponse]  # type: ignore[assignment]
+    """ExplainJob says why a job is not running, from the rules the scheduler uses:
+    not due, back-off, waiting behind a job on a dedupe or coalesce key, flavor
+    disabled, no online runner with its platform and labels, jobs ahead of it.
+
+    Changes nothing. Status codes: INVALID_ARGUMENT (no id), NOT_FOUND.
+    """
+    AddFlavor: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddFlavorRequest, _admin_pb2.AddFlavorResponse]  # type: ignore[assignment]
+    """AddFlavor adds a flavor; waiting jobs of its platform with no flavor that it
+    serves are assigned to it.
+
+    Status codes: INVALID_ARGUMENT (bad name, platform, label), FAILED_PRECONDITION
+    (a flavor with that name exists).
+    """
+    ListFlavors: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListFlavorsRequest, _admin_pb2.ListFlavorsResponse]  # type: ignore[assignment]
+    """ListFlavors lists every flavor by platform, highest priority first.
+
+    Changes nothing.
+    """
+    EnableFlavor: _aio.UnaryUnaryMultiCallable[_admin_pb2.EnableFlavorRequest, _admin_pb2.EnableFlavorResponse]  # type: ignore[assignment]
+    """EnableFlavor enables a flavor; waiting jobs with no flavor that it serves are
+    assigned to it. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+    """
+    DisableFlavor: _aio.UnaryUnaryMultiCallable[_admin_pb2.DisableFlavorRequest, _admin_pb2.DisableFlavorResponse]  # type: ignore[assignment]
+    """DisableFlavor disables a flavor; its waiting jobs go to the best other
+    flavor that serves them, or wait (NOTICED) with none.
+    Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+    """
+    DeleteFlavor: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteFlavorRequest, _admin_pb2.DeleteFlavorResponse]  # type: ignore[assignment]
+    """DeleteFlavor deletes a flavor, re-assigning its waiting jobs as DisableFlavor.
+    Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+    """
+    GetPressures: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetPressuresRequest, _admin_pb2.GetPressuresResponse]  # type: ignore[assignment]
+    """GetPressures returns the pressure of every flavor.
+
+    Changes nothing.
+    """
+    WatchPressures: _aio.UnaryStreamMultiCallable[_admin_pb2.WatchPressuresRequest, _admin_pb2.WatchPressuresResponse]  # type: ignore[assignment]
+    """WatchPressures sends the pressures now, then again whenever one changes: what
+    an autoscaler needs instead of polling. The stream lasts until the caller
+    cancels it or the server stops.
+
+    Changes nothing.
+    """
+    CreateSchedule: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateScheduleRequest, _admin_pb2.CreateScheduleResponse]  # type: ignore[assignment]
+    """CreateSchedule creates a recurring job; its first run is due at once (or at
+    job.not_before).
+
+    Status codes: INVALID_ARGUMENT (bad name, interval, job), FAILED_PRECONDITION
+    (a schedule with that name exists).
+    """
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSchedulesRequest, _admin_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    """ListSchedules lists every schedule by name.
+
+    Changes nothing.
+    """
+    PauseSchedule: _aio.UnaryUnaryMultiCallable[_admin_pb2.PauseScheduleRequest, _admin_pb2.PauseScheduleResponse]  # type: ignore[assignment]
+    """PauseSchedule stops new runs; a pending run that has not started is
+    cancelled. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+    """
+    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResumeScheduleRequest, _admin_pb2.ResumeScheduleResponse]  # type: ignore[assignment]
+    """ResumeSchedule makes a paused or suspended schedule active again, with its
+    failure count reset. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+    """
+    RunScheduleNow: _aio.UnaryUnaryMultiCallable[_admin_pb2.RunScheduleNowRequest, _admin_pb2.RunScheduleNowResponse]  # type: ignore[assignment]
+    """RunScheduleNow makes the pending run due now. Status codes: INVALID_ARGUMENT
+    (no name), NOT_FOUND, FAILED_PRECONDITION (paused or suspended).
+    """
+    ListBackoffs: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListBackoffsRequest, _admin_pb2.ListBackoffsResponse]  # type: ignore[assignment]
+    """ListBackoffs lists the (subject, process) back-offs in force.
+
+    Changes nothing.
+    """
+    ClearBackoff: _aio.UnaryUnaryMultiCallable[_admin_pb2.ClearBackoffRequest, _admin_pb2.ClearBackoffResponse]  # type: ignore[assignment]
+    """ClearBackoff ends a back-off now; the jobs it held become runnable.
+    Status codes: INVALID_ARGUMENT (no subject), NOT_FOUND.
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
@@ -278,6 +444,185 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         """GetServerInfo says what this dispatcher is.
 
         Changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJobHistory(
+        self,
+        request: _admin_pb2.GetJobHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetJobHistoryResponse, _abc.Awaitable[_admin_pb2.GetJobHistoryResponse]]:
+        """GetJobHistory returns every event of a job, oldest first: who, when, from,
+        to, cause.
+
+        Changes nothing. Status codes: INVALID_ARGUMENT (no id), NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ExplainJob(
+        self,
+        request: _admin_pb2.ExplainJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ExplainJobResponse, _abc.Awaitable[_admin_pb2.ExplainJobResponse]]:
+        """ExplainJob says why a job is not running, from the rules the scheduler uses:
+        not due, back-off, waiting behind a job on a dedupe or coalesce key, flavor
+        disabled, no online runner with its platform and labels, jobs ahead of it.
+
+        Changes nothing. Status codes: INVALID_ARGUMENT (no id), NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def AddFlavor(
+        self,
+        request: _admin_pb2.AddFlavorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AddFlavorResponse, _abc.Awaitable[_admin_pb2.AddFlavorResponse]]:
+        """AddFlavor adds a flavor; waiting jobs of its platform with no flavor that it
+        serves are assigned to it.
+
+        Status codes: INVALID_ARGUMENT (bad name, platform, label), FAILED_PRECONDITION
+        (a flavor with that name exists).
+        """
+
+    @_abc_1.abstractmethod
+    def ListFlavors(
+        self,
+        request: _admin_pb2.ListFlavorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListFlavorsResponse, _abc.Awaitable[_admin_pb2.ListFlavorsResponse]]:
+        """ListFlavors lists every flavor by platform, highest priority first.
+
+        Changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def EnableFlavor(
+        self,
+        request: _admin_pb2.EnableFlavorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.EnableFlavorResponse, _abc.Awaitable[_admin_pb2.EnableFlavorResponse]]:
+        """EnableFlavor enables a flavor; waiting jobs with no flavor that it serves are
+        assigned to it. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def DisableFlavor(
+        self,
+        request: _admin_pb2.DisableFlavorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DisableFlavorResponse, _abc.Awaitable[_admin_pb2.DisableFlavorResponse]]:
+        """DisableFlavor disables a flavor; its waiting jobs go to the best other
+        flavor that serves them, or wait (NOTICED) with none.
+        Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteFlavor(
+        self,
+        request: _admin_pb2.DeleteFlavorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteFlavorResponse, _abc.Awaitable[_admin_pb2.DeleteFlavorResponse]]:
+        """DeleteFlavor deletes a flavor, re-assigning its waiting jobs as DisableFlavor.
+        Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPressures(
+        self,
+        request: _admin_pb2.GetPressuresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetPressuresResponse, _abc.Awaitable[_admin_pb2.GetPressuresResponse]]:
+        """GetPressures returns the pressure of every flavor.
+
+        Changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchPressures(
+        self,
+        request: _admin_pb2.WatchPressuresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.WatchPressuresResponse], _abc.AsyncIterator[_admin_pb2.WatchPressuresResponse]]:
+        """WatchPressures sends the pressures now, then again whenever one changes: what
+        an autoscaler needs instead of polling. The stream lasts until the caller
+        cancels it or the server stops.
+
+        Changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateSchedule(
+        self,
+        request: _admin_pb2.CreateScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateScheduleResponse, _abc.Awaitable[_admin_pb2.CreateScheduleResponse]]:
+        """CreateSchedule creates a recurring job; its first run is due at once (or at
+        job.not_before).
+
+        Status codes: INVALID_ARGUMENT (bad name, interval, job), FAILED_PRECONDITION
+        (a schedule with that name exists).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _admin_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListSchedulesResponse, _abc.Awaitable[_admin_pb2.ListSchedulesResponse]]:
+        """ListSchedules lists every schedule by name.
+
+        Changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseSchedule(
+        self,
+        request: _admin_pb2.PauseScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PauseScheduleResponse, _abc.Awaitable[_admin_pb2.PauseScheduleResponse]]:
+        """PauseSchedule stops new runs; a pending run that has not started is
+        cancelled. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeSchedule(
+        self,
+        request: _admin_pb2.ResumeScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ResumeScheduleResponse, _abc.Awaitable[_admin_pb2.ResumeScheduleResponse]]:
+        """ResumeSchedule makes a paused or suspended schedule active again, with its
+        failure count reset. Status codes: INVALID_ARGUMENT (no name), NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def RunScheduleNow(
+        self,
+        request: _admin_pb2.RunScheduleNowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RunScheduleNowResponse, _abc.Awaitable[_admin_pb2.RunScheduleNowResponse]]:
+        """RunScheduleNow makes the pending run due now. Status codes: INVALID_ARGUMENT
+        (no name), NOT_FOUND, FAILED_PRECONDITION (paused or suspended).
+        """
+
+    @_abc_1.abstractmethod
+    def ListBackoffs(
+        self,
+        request: _admin_pb2.ListBackoffsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListBackoffsResponse, _abc.Awaitable[_admin_pb2.ListBackoffsResponse]]:
+        """ListBackoffs lists the (subject, process) back-offs in force.
+
+        Changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ClearBackoff(
+        self,
+        request: _admin_pb2.ClearBackoffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ClearBackoffResponse, _abc.Awaitable[_admin_pb2.ClearBackoffResponse]]:
+        """ClearBackoff ends a back-off now; the jobs it held become runnable.
+        Status codes: INVALID_ARGUMENT (no subject), NOT_FOUND.
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -153,6 +154,27 @@ RUNNER_STATE_DRAINING: RunnerState.ValueType  # 2
 RUNNER_STATE_OFFLINE: RunnerState.ValueType  # 3
 Global___RunnerState: _TypeAlias = RunnerState  # noqa: Y015
 
+class _ScheduleState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScheduleStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScheduleState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCHEDULE_STATE_UNSPECIFIED: _ScheduleState.ValueType  # 0
+    SCHEDULE_STATE_ACTIVE: _ScheduleState.ValueType  # 1
+    SCHEDULE_STATE_PAUSED: _ScheduleState.ValueType  # 2
+    SCHEDULE_STATE_SUSPENDED: _ScheduleState.ValueType  # 3
+    """Too many failures in a row; ResumeSchedule starts it again."""
+
+class ScheduleState(_ScheduleState, metaclass=_ScheduleStateEnumTypeWrapper): ...
+
+SCHEDULE_STATE_UNSPECIFIED: ScheduleState.ValueType  # 0
+SCHEDULE_STATE_ACTIVE: ScheduleState.ValueType  # 1
+SCHEDULE_STATE_PAUSED: ScheduleState.ValueType  # 2
+SCHEDULE_STATE_SUSPENDED: ScheduleState.ValueType  # 3
+"""Too many failures in a row; ResumeSchedule starts it again."""
+Global___ScheduleState: _TypeAlias = ScheduleState  # noqa: Y015
+
 @_typing.final
 class JobSpec(_message.Message):
     """What to run and where. Everything a submitter chooses."""
@@ -172,6 +194,12 @@ class JobSpec(_message.Message):
     ORIGIN_TIME_FIELD_NUMBER: _builtins.int
     DISTRIBUTOR_FIELD_NUMBER: _builtins.int
     ON_LOST_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    PROCESS_FIELD_NUMBER: _builtins.int
+    FAILURE_BACKOFF_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_FIELD_NUMBER: _builtins.int
+    MAX_RUN_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
     """A free-form grouping for listing and metrics, e.g. "upload" or "import"."""
     platform: _builtins.str
@@ -181,8 +209,9 @@ class JobSpec(_message.Message):
     priority: _builtins.int
     """Higher runs first."""
     dedupe_key: _builtins.str
-    """Jobs with the same dedupe key are one piece of work (SPEC §5.4). Not supported
-    yet (INVALID_ARGUMENT).
+    """Jobs with the same dedupe key are one piece of work (SPEC §5.4): a job waits
+    (NOTICED) behind an unfinished one; takes the status of one that SUCCEEDED or
+    is IRRECOVERABLE (duplicate_of); runs when the others only FAILED.
     """
     idempotency_key: _builtins.str
     """Submitting again with the same idempotency key returns the first job."""
@@ -191,6 +220,11 @@ class JobSpec(_message.Message):
     runner pool, the only distributor so far; any other name is INVALID_ARGUMENT.
     """
     on_lost: Global___OnLostPolicy.ValueType
+    subject: _builtins.str
+    """What the job works on (a repository, a machine) and what it does to it. A
+    failure with failure_backoff set keeps every job on the pair waiting.
+    """
+    process: _builtins.str
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """A runner may take the job only when its labels include all of these."""
@@ -207,15 +241,29 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def coalesce_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """No two BUILDING jobs share a coalesce key. Not supported yet: a job that sets
-        it is refused with INVALID_ARGUMENT rather than run without the rule.
+        """No two BUILDING jobs share a coalesce key: a job waits QUEUED while another
+        job holding one of its keys builds.
         """
 
     @_builtins.property
     def origin_time(self) -> _timestamp_pb2.Timestamp:
-        """When the request that caused this job was made (replay window, SPEC §5.5).
-        Not supported yet (INVALID_ARGUMENT).
+        """When the request that caused this job was made. Further in the future than
+        the replay slop, or older than the replay max age: NOT_FOR_US (SPEC §5.5).
         """
+
+    @_builtins.property
+    def retry(self) -> Global___RetryPolicy:
+        """Unset: one attempt, no retry."""
+
+    @_builtins.property
+    def failure_backoff(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def max_wait(self) -> _duration_pb2.Duration:
+        """Not started within this long after submission: FAILED ("expired")."""
+
+    @_builtins.property
+    def max_run(self) -> _duration_pb2.Duration:
+        """Running longer than this: the runner is told to cancel and the job is FAILED."""
 
     def __init__(
         self,
@@ -233,14 +281,64 @@ class JobSpec(_message.Message):
         origin_time: _timestamp_pb2.Timestamp | None = ...,
         distributor: _builtins.str = ...,
         on_lost: Global___OnLostPolicy.ValueType = ...,
+        retry: Global___RetryPolicy | None = ...,
+        subject: _builtins.str = ...,
+        process: _builtins.str = ...,
+        failure_backoff: _duration_pb2.Duration | None = ...,
+        max_wait: _duration_pb2.Duration | None = ...,
+        max_run: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["not_before", b"not_before", "origin_time", b"origin_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure_backoff", b"failure_backoff", "max_run", b"max_run", "max_wait", b"max_wait", "not_before", b"not_before", "origin_time", b"origin_time", "retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coalesce_keys", b"coalesce_keys", "command", b"command", "dedupe_key", b"dedupe_key", "distributor", b"distributor", "idempotency_key", b"idempotency_key", "labels", b"labels", "not_before", b"not_before", "on_lost", b"on_lost", "origin_time", b"origin_time", "payload", b"payload", "platform", b"platform", "priority", b"priority", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coalesce_keys", b"coalesce_keys", "command", b"command", "dedupe_key", b"dedupe_key", "distributor", b"distributor", "failure_backoff", b"failure_backoff", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_run", b"max_run", "max_wait", b"max_wait", "not_before", b"not_before", "on_lost", b"on_lost", "origin_time", b"origin_time", "payload", b"payload", "platform", b"platform", "priority", b"priority", "process", b"process", "queue", b"queue", "retry", b"retry", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class RetryPolicy(_message.Message):
+    """How often a job may be tried (SPEC §5.6). Failures the runner reports and
+    executions lost by the infrastructure are counted apart.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    INITIAL_DELAY_FIELD_NUMBER: _builtins.int
+    MULTIPLIER_FIELD_NUMBER: _builtins.int
+    MAX_DELAY_FIELD_NUMBER: _builtins.int
+    MAX_LOST_FIELD_NUMBER: _builtins.int
+    max_attempts: _builtins.int
+    """Runner-reported failures allowed; 0 means 1 (no retry)."""
+    multiplier: _builtins.float
+    """Each next delay is multiplied by this; 0 means 2."""
+    max_lost: _builtins.int
+    """Executions lost (runner gone) before the job is FAILED; 0 means 5."""
+    @_builtins.property
+    def initial_delay(self) -> _duration_pb2.Duration:
+        """Delay before the first retry; unset: 10 s."""
+
+    @_builtins.property
+    def max_delay(self) -> _duration_pb2.Duration:
+        """Unset: 1 hour."""
+
+    def __init__(
+        self,
+        *,
+        max_attempts: _builtins.int = ...,
+        initial_delay: _duration_pb2.Duration | None = ...,
+        multiplier: _builtins.float = ...,
+        max_delay: _duration_pb2.Duration | None = ...,
+        max_lost: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_delay", b"initial_delay", "max_delay", b"max_delay"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_delay", b"initial_delay", "max_attempts", b"max_attempts", "max_delay", b"max_delay", "max_lost", b"max_lost", "multiplier", b"multiplier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
 
 @_typing.final
 class Job(_message.Message):
@@ -261,6 +359,10 @@ class Job(_message.Message):
     EXECUTIONS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     RUNNER_FIELD_NUMBER: _builtins.int
+    FLAVOR_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    LOSSES_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     state: Global___JobState.ValueType
     info: _builtins.str
@@ -273,6 +375,13 @@ class Job(_message.Message):
     """Set when this job took on the status of an earlier one with its dedupe key."""
     runner: _builtins.str
     """The runner holding the current execution, if any."""
+    flavor: _builtins.str
+    """The flavor the job is assigned to (pressure), if any."""
+    schedule: _builtins.str
+    """The schedule that made the job, if any."""
+    failures: _builtins.int
+    """Runner-reported failures and infrastructure losses so far."""
+    losses: _builtins.int
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -305,10 +414,14 @@ class Job(_message.Message):
         executions: _abc.Iterable[Global___Execution] | None = ...,
         events: _abc.Iterable[Global___JobEvent] | None = ...,
         runner: _builtins.str = ...,
+        flavor: _builtins.str = ...,
+        schedule: _builtins.str = ...,
+        failures: _builtins.int = ...,
+        losses: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "current_execution_id", b"current_execution_id", "duplicate_of", b"duplicate_of", "events", b"events", "executions", b"executions", "finished_at", b"finished_at", "id", b"id", "info", b"info", "runner", b"runner", "spec", b"spec", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "current_execution_id", b"current_execution_id", "duplicate_of", b"duplicate_of", "events", b"events", "executions", b"executions", "failures", b"failures", "finished_at", b"finished_at", "flavor", b"flavor", "id", b"id", "info", b"info", "losses", b"losses", "runner", b"runner", "schedule", b"schedule", "spec", b"spec", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,6 +551,7 @@ class Runner(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     LAST_SEEN_AT_FIELD_NUMBER: _builtins.int
     BUILDING_FIELD_NUMBER: _builtins.int
+    QUARANTINED_UNTIL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     platform: _builtins.str
     capacity: _builtins.int
@@ -449,6 +563,12 @@ class Runner(_message.Message):
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def last_seen_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def quarantined_until(self) -> _timestamp_pb2.Timestamp:
+        """Set while the runner is quarantined (gets no work): its executions kept
+        being lost.
+        """
+
     def __init__(
         self,
         *,
@@ -460,11 +580,214 @@ class Runner(_message.Message):
         version: _builtins.str = ...,
         last_seen_at: _timestamp_pb2.Timestamp | None = ...,
         building: _builtins.int = ...,
+        quarantined_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen_at", b"last_seen_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen_at", b"last_seen_at", "quarantined_until", b"quarantined_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["building", b"building", "capacity", b"capacity", "labels", b"labels", "last_seen_at", b"last_seen_at", "name", b"name", "platform", b"platform", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["building", b"building", "capacity", b"capacity", "labels", b"labels", "last_seen_at", b"last_seen_at", "name", b"name", "platform", b"platform", "quarantined_until", b"quarantined_until", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Runner: _TypeAlias = Runner  # noqa: Y015
+
+@_typing.final
+class Flavor(_message.Message):
+    """A kind of build machine an autoscaler can start (SPEC §5.1)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    MIN_PRESSURE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    platform: _builtins.str
+    priority: _builtins.int
+    """A job gets the serving flavor of highest priority; ties at random."""
+    enabled: _builtins.bool
+    min_pressure: _builtins.int
+    """Pressure never reads below this."""
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The flavor serves jobs whose labels are a subset of these."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        platform: _builtins.str = ...,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
+        priority: _builtins.int = ...,
+        enabled: _builtins.bool = ...,
+        min_pressure: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "labels", b"labels", "min_pressure", b"min_pressure", "name", b"name", "platform", b"platform", "priority", b"priority"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Flavor: _TypeAlias = Flavor  # noqa: Y015
+
+@_typing.final
+class Pressure(_message.Message):
+    """Unfinished jobs assigned to a flavor, never below its minimum (SPEC §5.9)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLAVOR_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    UNFINISHED_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    flavor: _builtins.str
+    platform: _builtins.str
+    value: _builtins.int
+    unfinished: _builtins.int
+    """Unfinished (NOTICED, QUEUED, BUILDING) jobs assigned to the flavor."""
+    enabled: _builtins.bool
+    def __init__(
+        self,
+        *,
+        flavor: _builtins.str = ...,
+        platform: _builtins.str = ...,
+        value: _builtins.int = ...,
+        unfinished: _builtins.int = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "flavor", b"flavor", "platform", b"platform", "unfinished", b"unfinished", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Pressure: _TypeAlias = Pressure  # noqa: Y015
+
+@_typing.final
+class Schedule(_message.Message):
+    """A recurring job (SPEC §3): one pending job at a time, due at last start +
+    interval, stretched after failures.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    MAX_FAILURES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    NEXT_DUE_AT_FIELD_NUMBER: _builtins.int
+    LAST_STARTED_AT_FIELD_NUMBER: _builtins.int
+    PENDING_JOB_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    max_failures: _builtins.int
+    """Suspended after this many failed runs in a row."""
+    state: Global___ScheduleState.ValueType
+    consecutive_failures: _builtins.int
+    pending_job_id: _builtins.int
+    """The unfinished job of the schedule; 0 when none."""
+    @_builtins.property
+    def job(self) -> Global___JobSpec:
+        """The template of each run; not_before, origin_time and idempotency_key unset."""
+
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def next_due_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        job: Global___JobSpec | None = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        max_failures: _builtins.int = ...,
+        state: Global___ScheduleState.ValueType = ...,
+        consecutive_failures: _builtins.int = ...,
+        next_due_at: _timestamp_pb2.Timestamp | None = ...,
+        last_started_at: _timestamp_pb2.Timestamp | None = ...,
+        pending_job_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "job", b"job", "last_started_at", b"last_started_at", "next_due_at", b"next_due_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "interval", b"interval", "job", b"job", "last_started_at", b"last_started_at", "max_failures", b"max_failures", "name", b"name", "next_due_at", b"next_due_at", "pending_job_id", b"pending_job_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
+
+@_typing.final
+class Backoff(_message.Message):
+    """Jobs on (subject, process) wait until `until` (SPEC §3)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    PROCESS_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    process: _builtins.str
+    cause: _builtins.str
+    job_id: _builtins.int
+    """The failing job that wrote it."""
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        process: _builtins.str = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        cause: _builtins.str = ...,
+        job_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "job_id", b"job_id", "process", b"process", "subject", b"subject", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Backoff: _TypeAlias = Backoff  # noqa: Y015
+
+@_typing.final
+class Reason(_message.Message):
+    """One reason a waiting job is not running (SPEC §10)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    BLOCKING_JOB_ID_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """A stable word for scripts: not-due, back-off, dedupe, flavor-disabled,
+    no-flavor, coalesce, no-runner, busy, queue, running, finished, due,
+    assigning.
+    """
+    text: _builtins.str
+    """The same for people."""
+    blocking_job_id: _builtins.int
+    """The job it waits behind; 0 when none."""
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        text: _builtins.str = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        blocking_job_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocking_job_id", b"blocking_job_id", "code", b"code", "text", b"text", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reason: _TypeAlias = Reason  # noqa: Y015
