@@ -153,7 +153,15 @@ Index(
     sqlite_where=text("state IN ('QUEUED', 'BUILDING') AND dedupe_key IS NOT NULL"),
     postgresql_where=text("state IN ('QUEUED', 'BUILDING') AND dedupe_key IS NOT NULL"),
 )
-Index("ix_jobs_dedupe_key", jobs.c.dedupe_key, jobs.c.id)
+# Partial indexes where most jobs have no value: a job that never sets them costs no
+# index write on each of its moves.
+Index(
+    "ix_jobs_dedupe_key",
+    jobs.c.dedupe_key,
+    jobs.c.id,
+    sqlite_where=text("dedupe_key IS NOT NULL"),
+    postgresql_where=text("dedupe_key IS NOT NULL"),
+)
 # Exactly one pending job per schedule (SPEC §3).
 Index(
     "uq_jobs_schedule_id_pending",
@@ -175,7 +183,14 @@ Index(
     sqlite_where=text("state IN ('NOTICED', 'QUEUED') AND expires_at IS NOT NULL"),
     postgresql_where=text("state IN ('NOTICED', 'QUEUED') AND expires_at IS NOT NULL"),
 )
-Index("ix_jobs_subject_process", jobs.c.subject, jobs.c.process, jobs.c.state)
+Index(
+    "ix_jobs_subject_process",
+    jobs.c.subject,
+    jobs.c.process,
+    jobs.c.state,
+    sqlite_where=text("subject <> ''"),
+    postgresql_where=text("subject <> ''"),
+)
 Index(
     "ix_jobs_finished_at",
     jobs.c.finished_at,

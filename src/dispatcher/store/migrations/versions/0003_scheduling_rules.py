@@ -145,7 +145,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("max_wait_seconds", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("max_run_seconds", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("expires_at", sa.DateTime(), nullable=True))
-        batch_op.create_index("ix_jobs_dedupe_key", ["dedupe_key", "id"], unique=False)
+        batch_op.create_index(
+            "ix_jobs_dedupe_key",
+            ["dedupe_key", "id"],
+            unique=False,
+            sqlite_where=sa.text("dedupe_key IS NOT NULL"),
+            postgresql_where=sa.text("dedupe_key IS NOT NULL"),
+        )
         batch_op.create_index(
             "ix_jobs_expires_at",
             ["expires_at"],
@@ -168,7 +174,11 @@ def upgrade() -> None:
             postgresql_where=sa.text("state IN ('NOTICED', 'QUEUED', 'BUILDING')"),
         )
         batch_op.create_index(
-            "ix_jobs_subject_process", ["subject", "process", "state"], unique=False
+            "ix_jobs_subject_process",
+            ["subject", "process", "state"],
+            unique=False,
+            sqlite_where=sa.text("subject <> ''"),
+            postgresql_where=sa.text("subject <> ''"),
         )
         batch_op.create_index(
             "uq_jobs_dedupe_key_leader",
