@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 import grpc
+from google.protobuf.message import Message
 
 from dispatcher.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
@@ -114,6 +115,18 @@ class Admin:
 
     def server_info(self) -> admin_pb2.GetServerInfoResponse:
         return self._stub.GetServerInfo(admin_pb2.GetServerInfoRequest(), **self._kwargs)
+
+    def call(self, rpc: str, request: Message) -> Any:
+        """Any unary Admin RPC by name: ``admin.call("ListFlavors", request)``."""
+        return getattr(self._stub, rpc)(request, **self._kwargs)
+
+    def watch_pressures(self) -> Iterator[admin_pb2.WatchPressuresResponse]:
+        """The pressure stream; no deadline, it lasts until the caller stops."""
+        return iter(
+            self._stub.WatchPressures(
+                admin_pb2.WatchPressuresRequest(), metadata=self._kwargs["metadata"]
+            )
+        )
 
 
 def describe_rpc_error(error: grpc.RpcError, server: str) -> CliFailure:

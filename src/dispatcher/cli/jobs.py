@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import click
@@ -129,6 +129,25 @@ _JOB_ID = click.argument("job_id", metavar="ID", type=click.IntRange(min=1))
 )
 @click.option("--idempotency-key", default="", metavar="KEY", help="Submit at most once per KEY.")
 @click.option("--not-before", type=IsoTime(), help="Not runnable before this ISO 8601 time.")
+@click.option(
+    "--coalesce-key",
+    "coalesce_keys",
+    multiple=True,
+    metavar="KEY",
+    help="Never build at once with another job holding KEY (repeat).",
+)
+@click.option("--dedupe-key", default="", metavar="KEY", help="One piece of work per KEY.")
+@click.option("--subject", default="", help="What the job works on (back-offs).")
+@click.option("--process", default="", help="What it does to the subject (back-offs).")
+@click.option(
+    "--attempts",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Runner-reported failures allowed before FAILED (retries with back-off).",
+)
+@click.option("--max-wait", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS")
+@click.option("--max-run", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS")
 @click.option("--wait", is_flag=True, help="Wait until the job ends; exit 4 unless it succeeded.")
 @click.option(
     "--timeout",
@@ -147,6 +166,13 @@ def submit(
     on_lost: types_pb2.OnLostPolicy.ValueType | None,
     idempotency_key: str,
     not_before: datetime | None,
+    coalesce_keys: tuple[str, ...],
+    dedupe_key: str,
+    subject: str,
+    process: str,
+    attempts: int,
+    max_wait: float | None,
+    max_run: float | None,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -172,9 +198,18 @@ def submit(
         command=command,
         idempotency_key=idempotency_key,
         on_lost=on_lost or types_pb2.ON_LOST_POLICY_UNSPECIFIED,
+        coalesce_keys=coalesce_keys,
+        dedupe_key=dedupe_key,
+        subject=subject,
+        process=process,
+        retry=types_pb2.RetryPolicy(max_attempts=attempts),
     )
     if not_before is not None:
         spec.not_before.FromDatetime(not_before)
+    if max_wait is not None:
+        spec.max_wait.FromTimedelta(timedelta(seconds=max_wait))
+    if max_run is not None:
+        spec.max_run.FromTimedelta(timedelta(seconds=max_run))
     response = admin.submit_job(spec)
     if not wait:
         click.echo(output.to_json(response.job) if as_json else _submitted(response))

@@ -157,6 +157,11 @@ def job_detail(job: types_pb2.Job) -> str:
         ("coalesce keys", ", ".join(spec.coalesce_keys)),
         ("distributor", spec.distributor),
         ("duplicate of", str(job.duplicate_of) if job.duplicate_of else ""),
+        ("flavor", job.flavor),
+        ("schedule", job.schedule),
+        ("subject", f"{spec.subject}/{spec.process}" if spec.subject else ""),
+        ("failures", f"{job.failures} of {spec.retry.max_attempts or 1}" if job.failures else ""),
+        ("losses", str(job.losses) if job.losses else ""),
         ("payload", f"{len(spec.payload)} bytes" if spec.payload else ""),
     ]
     about += [(key, value) for key, value in optional if value]
