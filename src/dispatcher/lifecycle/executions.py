@@ -60,8 +60,13 @@ class Executions:
                 f"not {report.outcome.value}"
             )
         actor = f"runner:{runner}"
+        # Whether the job's end may make waiting jobs ready (its dedupe key is free, its
+        # schedule needs a next run): then the due loop runs at once.
+        frees_waiting = False
 
         def act(conn: Connection, job: Job, now: datetime) -> Verdict:
+            nonlocal frees_waiting
+            frees_waiting = bool(job.spec.dedupe_key or job.schedule)
             store.finish_execution(
                 conn,
                 report.execution_id,
@@ -82,8 +87,10 @@ class Executions:
             return Verdict(True, job_id=job.id, new_state=transition.target)
 
         verdict = await self._fenced(session_id, runner, report.execution_id, "result", act)
-        if verdict.applied:
+        if verdict.applied and frees_waiting:
             self._ctx.wake_due()
+        elif verdict.applied:
+            self._ctx.changes.fire()
         return verdict
 
     async def accept(self, session_id: int, runner: str, execution_id: int) -> Verdict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import Connection
 
@@ -47,6 +48,8 @@ class SweepReport:
     closed_sessions: list[int] = field(default_factory=list)
     cancels: list[CancelOrder] = field(default_factory=list)
     requeued: int = 0
+    # A runner's quarantine ended since the last sweep: it may take work again.
+    quarantine_ended: bool = False
 
 
 def _hash(token: str) -> str:
@@ -56,6 +59,7 @@ def _hash(token: str) -> str:
 class Sessions:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        self._last_sweep_at: datetime | None = None
 
     async def open(self, hello: RunnerHello) -> OpenedSession:
         check_hello(hello, self._ctx.limits)
@@ -168,7 +172,7 @@ class Sessions:
         detached ones past the grace close; unaccepted assignments go back to the queue;
         cancels the runner never confirmed are forced."""
         report = await self._ctx.db.run(self._sweep)
-        if report.requeued or report.closed_sessions:
+        if report.requeued or report.closed_sessions or report.quarantine_ended:
             self._ctx.wake()
         return report
 
@@ -176,6 +180,9 @@ class Sessions:
         now = self._ctx.clock.now()
         deadlines = self._ctx.deadlines
         report = SweepReport()
+        since = self._last_sweep_at or now - deadlines.heartbeat_timeout
+        report.quarantine_ended = store.quarantines_ended_between(conn, since, now)
+        self._last_sweep_at = now
         for session_id in store.orphaned_attached_sessions(conn, self._ctx.replica_id, now):
             store.detach_session(conn, session_id, now)
         for session_id in store.attached_sessions_silent_since(

@@ -256,8 +256,6 @@ class Hub:
                 log.exception("the due sweep failed; retrying on the next one")
 
     async def sweep(self) -> None:
-        # A quarantine may have ended: let the assigner look again.
-        self.wake()
         report = await self._sessions.sweep()
         for session_id in report.closed_sessions:
             session = self._live.pop(session_id, None)

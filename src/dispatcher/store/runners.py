@@ -82,6 +82,11 @@ def quarantined_runners(conn: Connection, names: list[str], now: datetime) -> di
     return {r.name: r.quarantined_until for r in rows}
 
 
+def quarantines_ended_between(conn: Connection, start: datetime, end: datetime) -> bool:
+    query = select(_R.name).where(_R.quarantined_until > start, _R.quarantined_until <= end)
+    return conn.execute(query.limit(1)).first() is not None
+
+
 def count_lost_execution(conn: Connection, name: str) -> tuple[int, int]:
     """One more execution of ``name`` lost in a row. Returns (lost in a row, quarantines
     so far)."""
