@@ -11,9 +11,9 @@ from typing import Any
 import grpc
 
 from dispatcher.app import Server, create_server
-from dispatcher.web.app import VerifyAdminToken
 from dispatcher.settings import Settings
 from dispatcher.v1 import admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from dispatcher.web.app import VerifyAdminToken
 
 
 @asynccontextmanager

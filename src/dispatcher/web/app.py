@@ -34,7 +34,7 @@ VerifyAdminToken = Callable[[str], Awaitable[bool]]
 TOKEN_COOKIE = "dispatcher_admin_token"  # noqa: S105 (the cookie's name, not a secret)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/favicon.ico"})
 ALLOWED_METHODS = frozenset({"GET", "HEAD"})
 NONCE = web.RequestKey("nonce", str)
 
@@ -93,6 +93,8 @@ def build(deps: WebDeps) -> web.Application:
     app.router.add_get("/jobs/{job_id}", handlers.job)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/healthz", handlers.healthz)
+    # Browsers ask for it on every page; an empty answer keeps their consoles quiet.
+    app.router.add_get("/favicon.ico", handlers.no_icon)
     return app
 
 
@@ -212,6 +214,9 @@ class _Handlers:
         # The exposition format's own media type, parameters included.
         response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
         return response
+
+    async def no_icon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)
 
     async def healthz(self, request: web.Request) -> web.Response:
         try:

@@ -80,6 +80,8 @@ a { color:#1f5fa8; }
 .s-IRRECOVERABLE { background:#5b1a14; color:#fff; }
 .s-CANCELLED { background:#f1eaf7; color:#5d3a84; border-color:#dccbee; }
 .s-NOT_FOR_US { background:#fff; color:#6a7280; border-color:#c9ced6; border-style:dashed; }
+.s-LOST { background:#fde8e6; color:#a3261a; border-color:#f5c2bc; border-style:dashed; }
+.s-running { background:#fff4d6; color:#8a5a00; border-color:#f1d58a; }
 .s-ONLINE { background:#e3f6e8; color:#1d6b34; }
 .s-DRAINING { background:#fff4d6; color:#8a5a00; }
 .s-OFFLINE { background:#eef0f3; color:#6a7280; }

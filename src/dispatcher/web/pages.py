@@ -59,14 +59,17 @@ def runners_table(views: tuple[RunnerView, ...], now: datetime) -> str:
         rows = "".join(_runner_row(v, now) for v in views)
     return f"""<section id="runners"><h2>Runners <small>{len(views)}</small></h2>
 <table><thead><tr><th>name</th><th>state</th><th>platform</th><th>labels</th>
-<th class="num">busy / capacity</th><th>holds (job / execution)</th><th>last heartbeat</th>
+<th class="num">busy / capacity</th><th>holds</th><th>last heartbeat</th>
 </tr></thead><tbody>{rows}</tbody></table></section>"""
 
 
 def _runner_row(view: RunnerView, now: datetime) -> str:
     r = view.runner
     labels = " ".join(f"<code>{e(label)}</code>" for label in sorted(r.labels))
-    held = ", ".join(f"{job_link(h.job_id)} / {h.execution_id}" for h in view.held)
+    held = ", ".join(
+        f"job {job_link(h.job_id)} <span class=muted>(execution {h.execution_id})</span>"
+        for h in view.held
+    )
     return (
         f'<tr id="runner-{e(r.name)}"><td class="mono">{e(r.name)}</td>'
         f"<td>{state_badge(r.state.value)}</td><td><code>{e(r.platform)}</code></td>"
@@ -103,12 +106,15 @@ def jobs_table(page: Page, flt: JobFilter, limit: int, now: datetime, older: str
 
 
 def _job_row(job: Job, now: datetime) -> str:
+    info = e(_short(job.info))
+    if job.state is JobState.NOTICED and job.spec.not_before is not None and not job.info:
+        info = f"due {when(job.spec.not_before, now)}"
     return (
         f'<tr id="job-{job.id}" data-state="{job.state.value}">'
         f'<td class="num">{job_link(job.id)}</td><td>{state_badge(job.state)}</td>'
         f"<td>{e(job.spec.queue)}</td><td><code>{e(job.spec.platform)}</code></td>"
         f'<td class="mono">{e(job.runner)}</td><td class="num">{job.attempt}</td>'
-        f"<td>{when(job.created_at, now)}</td><td>{e(_short(job.info))}</td></tr>"
+        f"<td>{when(job.created_at, now)}</td><td>{info}</td></tr>"
     )
 
 
@@ -151,7 +157,11 @@ def job_page(job: Job, now: datetime) -> str:
         ("info", e(job.info) or '<span class="muted">—</span>'),
         ("queue", e(spec.queue)),
         ("platform", f"<code>{e(spec.platform)}</code>"),
-        ("labels", " ".join(f"<code>{e(x)}</code>" for x in sorted(spec.labels))),
+        (
+            "labels",
+            " ".join(f"<code>{e(x)}</code>" for x in sorted(spec.labels))
+            or '<span class="muted">—</span>',
+        ),
         ("command", f"<code>{e(' '.join(spec.command))}</code>"),
         ("priority", e(spec.priority)),
         ("on lost", e(spec.on_lost.value)),
@@ -176,7 +186,11 @@ def job_page(job: Job, now: datetime) -> str:
 
 
 def _execution_block(x: Execution, now: datetime) -> str:
-    outcome = state_badge(x.outcome.value) if x.outcome else state_badge(JobState.BUILDING)
+    outcome = (
+        state_badge(x.outcome.value)
+        if x.outcome
+        else '<span class="state s-running">running</span>'
+    )
     tail = f'<pre class="logtail">{e(x.logtail)}</pre>' if x.logtail else ""
     return f"""<div class="execution" id="execution-{x.id}">
 <table><thead><tr><th class="num">#</th><th class="num">execution</th><th>runner</th>
