@@ -29,8 +29,10 @@ class Workload:
         self.ids.setdefault(state, []).append(job_id)
 
 
-def spec(platform: str = PLATFORM, **kw: object) -> types_pb2.JobSpec:
-    return types_pb2.JobSpec(platform=platform, command=["make", "all"], **kw)  # type: ignore[arg-type]
+def spec(
+    platform: str = PLATFORM, command: tuple[str, ...] = ("make", "all"), **kw: object
+) -> types_pb2.JobSpec:
+    return types_pb2.JobSpec(platform=platform, command=list(command), **kw)  # type: ignore[arg-type]
 
 
 async def submit(channel: grpc.aio.Channel, job: types_pb2.JobSpec) -> int:
