@@ -1,4 +1,5 @@
-"""The one place that wires dispatcher together: database, use cases, hub, gRPC server.
+"""The one place that wires dispatcher together: database, use cases, hub, gRPC server,
+and the HTTP status page with its metrics.
 
 ``create_server`` builds a server that is not yet serving (tests start it on port 0);
 ``serve`` runs one until SIGTERM/SIGINT.
@@ -20,6 +21,7 @@ from grpc_health.v1._async import HealthServicer
 from dispatcher.api.admin import AdminServicer, RuleServices, ServerIdentity
 from dispatcher.api.distributor import DistributorServicer
 from dispatcher.api.errors import ErrorMappingInterceptor
+from dispatcher.api.metrics import RpcMetricsInterceptor
 from dispatcher.api.reflection import enable_reflection
 from dispatcher.api.scheduler import SchedulerServicer
 from dispatcher.domain.clock import Clock
@@ -34,6 +36,8 @@ from dispatcher.lifecycle.flavors import Flavors
 from dispatcher.lifecycle.jobs import Jobs
 from dispatcher.lifecycle.schedules import Schedules
 from dispatcher.lifecycle.sessions import Sessions
+from dispatcher.lifecycle.status import Status
+from dispatcher.logs import ContextFilter
 from dispatcher.runners.hub import Hub, HubTiming
 from dispatcher.settings import Settings
 from dispatcher.store import migrate
@@ -47,6 +51,9 @@ from dispatcher.v1 import (
     scheduler_pb2,
     scheduler_pb2_grpc,
 )
+from dispatcher.web.app import Access, VerifyAdminToken, WebDeps, WebServer, check_access
+from dispatcher.web.app import build as build_web
+from dispatcher.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +79,15 @@ class Server:
     port: int
     database_clock: DatabaseClock | None = None
     _clock_task: asyncio.Task[None] | None = None
+    replica_id: str = ""
+    web: WebServer | None = None
+    # The bound HTTP port once started (None: no HTTP listener).
+    http_port: int | None = None
 
     async def start(self) -> None:
+        if self.web is not None:
+            # First: a port that cannot be bound should stop the start before anything runs.
+            self.http_port = await self.web.start()
         self.commits.start()
         if self.database_clock is not None:
             self._clock_task = asyncio.create_task(self._keep_clock(self.database_clock))
@@ -100,6 +114,8 @@ class Server:
         if self._clock_task is not None:
             self._clock_task.cancel()
         await self.health.enter_graceful_shutdown()
+        if self.web is not None:
+            await self.web.stop()
         await self.hub.stop()
         await self.grpc_server.stop(1.0)
         await self.commits.stop()
@@ -125,9 +141,21 @@ def prepare_database(settings: Settings) -> Database:
     return db
 
 
-async def create_server(settings: Settings, *, clock: Clock | None = None) -> Server:
+async def create_server(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    verify_admin_token: VerifyAdminToken | None = None,
+) -> Server:
     """Build a dispatcher. Deadlines follow the database's clock (shared by every
-    replica) unless a ``clock`` is given, as tests do."""
+    replica) unless a ``clock`` is given, as tests do. ``verify_admin_token`` decides
+    which tokens open the status page and /metrics when ``http_open`` is false."""
+    # TODO(tokens, issue 6): wire the admin-token check here; until then none is accepted.
+    access = Access(open=settings.http_open)
+    if verify_admin_token is not None:
+        access = Access(open=settings.http_open, verify_admin_token=verify_admin_token)
+    if settings.http_listen:
+        check_access(settings.http_listen, access)
     db = await asyncio.to_thread(prepare_database, settings)
     database_clock = None
     if clock is None:
@@ -158,13 +186,16 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> Se
         shutdown_drain=timedelta(seconds=settings.shutdown_grace_seconds),
     )
     schedules = Schedules(ctx)
-    hub = Hub(jobs, executions, sessions, timing, schedules)
+    metrics = Metrics(clock, lambda: hub.live_sessions)
+    db.error_listeners.append(metrics.database_error)
+    hub = Hub(jobs, executions, sessions, timing, schedules, observer=metrics)
     ctx.wakeups.append(hub.wake)
     ctx.due_wakeups.append(hub.wake_due)
 
     max_bytes = settings.limits.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        # Metrics outermost: they count the status code the error mapping chose.
+        interceptors=[RpcMetricsInterceptor(metrics), ErrorMappingInterceptor()],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -202,12 +233,31 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> Se
     if port == 0:
         db.close()
         raise Unavailable(f"cannot listen on {settings.listen}: address in use or invalid")
-    return Server(settings, db, server, hub, commits, health, port, database_clock)
+    web = None
+    if settings.http_listen:
+        deps = WebDeps(jobs, Status(ctx), metrics, clock, access)
+        web = WebServer(build_web(deps), settings.http_listen)
+    return Server(
+        settings,
+        db,
+        server,
+        hub,
+        commits,
+        health,
+        port,
+        database_clock,
+        replica_id=replica_id,
+        web=web,
+    )
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Run a dispatcher until SIGTERM or SIGINT, then shut down gracefully."""
     server = await create_server(settings)
+    # Every line this process logs from now on is about this replica.
+    replica = ContextFilter(replica=server.replica_id)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(replica)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -215,7 +265,11 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
-    print(f"dispatcher listening on port {server.port} ({server.db.kind})", flush=True)
+    page = ""
+    if server.http_port is not None:
+        host = settings.http_listen.rpartition(":")[0] or "0.0.0.0"  # noqa: S104 (shown only)
+        page = f"; status page on http://{host}:{server.http_port}/"
+    print(f"dispatcher listening on port {server.port} ({server.db.kind}){page}", flush=True)
     await stop.wait()
     log.info("signal received; shutting down")
     await server.stop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -134,6 +134,22 @@ class Settings(BaseSettings):
         ge=0,
         description="On SIGTERM, how long running jobs may finish (nothing new "
         "is assigned) before streams are cut; runners then re-attach elsewhere.",
+    )
+    http_listen: str = Field(
+        "127.0.0.1:8080",
+        description="Status page, /metrics and /healthz address, host:port (port 0: any); "
+        'empty ("") turns the HTTP listener off.',
+    )
+    http_open: bool = Field(
+        True,
+        description="Serve the status page and /metrics without an admin token. Allowed "
+        "only when http_listen is a loopback address; the dispatcher refuses to start "
+        "otherwise.",
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="Log lines: json (one object per line), text (for people), or auto: "
+        "text when stderr is a terminal, json otherwise.",
     )
     limits: LimitSettings = Field(default_factory=lambda: LimitSettings())
     rules: RuleSettings = Field(default_factory=lambda: RuleSettings())

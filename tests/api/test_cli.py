@@ -52,6 +52,8 @@ def server_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "serve",
         "--listen",
         "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
         "--database",
         f"sqlite:///{workdir / 'dispatcher.db'}",
     ]

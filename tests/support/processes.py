@@ -34,6 +34,8 @@ class ServerProcess:
     process: subprocess.Popen[str]
     port: int
     log: Path
+    # The status page's port; None when started with --no-http.
+    http_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -62,6 +64,9 @@ def dispatcher_server(
                 "--database",
                 database_url,
                 "--migrate",
+                # A free port, so that servers never collide on the default one.
+                "--http-listen",
+                "127.0.0.1:0",
                 *extra,
             ],
             stdout=subprocess.PIPE,
@@ -71,13 +76,16 @@ def dispatcher_server(
             env=env,
         )
     try:
-        port = _read_port(process, log)
-        yield ServerProcess(process, port, log)
+        port, http_port = _read_ports(process, log)
+        yield ServerProcess(process, port, log, http_port)
     finally:
         stop(process)
 
 
-def _read_port(process: subprocess.Popen[str], log: Path, timeout: float = 30.0) -> int:
+def _read_ports(
+    process: subprocess.Popen[str], log: Path, timeout: float = 30.0
+) -> tuple[int, int | None]:
+    """The gRPC port and the status page's port (None without one) from the ready line."""
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -86,7 +94,8 @@ def _read_port(process: subprocess.Popen[str], log: Path, timeout: float = 30.0)
             break
         match = re.search(r"listening on port (\d+)", line)
         if match:
-            return int(match.group(1))
+            page = re.search(r"status page on http://[^ ]*:(\d+)/", line)
+            return int(match.group(1)), int(page.group(1)) if page else None
     stop(process)
     raise RuntimeError(f"dispatcher did not start:\n{log.read_text()}")
 

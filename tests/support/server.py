@@ -13,10 +13,15 @@ import grpc
 from dispatcher.app import Server, create_server
 from dispatcher.settings import Settings
 from dispatcher.v1 import admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from dispatcher.web.app import VerifyAdminToken
 
 
 @asynccontextmanager
-async def running_server(database_url: str, **settings: Any) -> AsyncIterator[Server]:
+async def running_server(
+    database_url: str, *, verify_admin_token: VerifyAdminToken | None = None, **settings: Any
+) -> AsyncIterator[Server]:
+    """``server.http_port`` is the status page's port (a free one unless given)."""
+    settings.setdefault("http_listen", "127.0.0.1:0")
     server = await create_server(
         Settings(
             database_url=database_url,
@@ -24,7 +29,8 @@ async def running_server(database_url: str, **settings: Any) -> AsyncIterator[Se
             migrate_on_start=True,
             shutdown_grace_seconds=0.5,
             **settings,
-        )
+        ),
+        verify_admin_token=verify_admin_token,
     )
     await server.start()
     try:

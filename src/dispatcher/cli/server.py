@@ -37,6 +37,17 @@ def register(group: click.Group) -> None:
 @_database
 @click.option("--listen", metavar="HOST:PORT", help="gRPC address [default: 127.0.0.1:50051].")
 @click.option(
+    "--http-listen",
+    metavar="HOST:PORT",
+    help="Status page and /metrics address [default: 127.0.0.1:8080].",
+)
+@click.option("--no-http", is_flag=True, help="No status page, /metrics or /healthz.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "text"]),
+    help="Log lines as JSON or text [default: auto: text on a terminal, else JSON].",
+)
+@click.option(
     "--migrate/--no-migrate",
     "migrate_on_start",
     default=None,
@@ -47,19 +58,25 @@ def serve(
     config_path: Path | None,
     database_url: str | None,
     listen: str | None,
+    http_listen: str | None,
+    no_http: bool,
+    log_format: str | None,
     migrate_on_start: bool | None,
     verbose: bool,
 ) -> None:
     """Run the dispatcher until SIGTERM or SIGINT."""
+    from dispatcher import logs
     from dispatcher.app import serve as run
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     settings = Settings.load(
-        config_path, database_url=database_url, listen=listen, migrate_on_start=migrate_on_start
+        config_path,
+        database_url=database_url,
+        listen=listen,
+        http_listen="" if no_http else http_listen,
+        log_format=log_format,
+        migrate_on_start=migrate_on_start,
     )
+    logs.configure(settings.log_format, logging.DEBUG if verbose else logging.INFO)
     try:
         asyncio.run(run(settings))
     except DispatcherError as exc:

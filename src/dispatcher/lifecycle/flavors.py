@@ -113,7 +113,7 @@ class Flavors:
             apply(conn, job, HOLD, now, actor=actor, cause="no enabled flavor serves it")
 
     async def pressures(self) -> list[Pressure]:
-        return await self._ctx.db.run(_pressures)
+        return await self._ctx.db.run(read_pressures)
 
     async def watch(self) -> AsyncIterator[list[Pressure]]:
         """The pressures now, then again each time one of them changes."""
@@ -126,7 +126,8 @@ class Flavors:
             await self._ctx.changes.wait(WATCH_POLL_SECONDS)
 
 
-def _pressures(conn: Connection) -> list[Pressure]:
+def read_pressures(conn: Connection) -> list[Pressure]:
+    """Every flavor's pressure, in the caller's transaction."""
     counts = store.unfinished_per_flavor(conn)
     return [
         Pressure(

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from dispatcher.domain.model import Assignment, ResultReport, Runner, RunnerHello, Verdict
+from dispatcher.domain.states import Outcome
 from dispatcher.lifecycle.executions import Executions
 from dispatcher.lifecycle.jobs import CancelOrder, Demand, Jobs
 from dispatcher.lifecycle.schedules import Schedules
 from dispatcher.lifecycle.sessions import Sessions
+from dispatcher.runners.observer import HubObserver, NoObserver
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,9 @@ class Hub:
         sessions: Sessions,
         timing: HubTiming,
         schedules: Schedules | None = None,
+        observer: HubObserver | None = None,
     ) -> None:
+        self._observer: HubObserver = observer or NoObserver()
         self._jobs = jobs
         self._executions = executions
         self._sessions = sessions
@@ -186,6 +190,7 @@ class Hub:
             session.id,
             hello.capacity,
             len(opened.reattached),
+            extra={"runner": hello.name},
         )
         self.wake()
         return session
@@ -204,6 +209,7 @@ class Hub:
                 session.id,
                 reason,
                 len(moved),
+                extra={"runner": session.name},
             )
         elif await self._sessions.detach(session.id, reason):
             log.info(
@@ -212,9 +218,16 @@ class Hub:
                 session.id,
                 reason,
                 len(session.held),
+                extra={"runner": session.name},
             )
         else:
-            log.info("runner %s disconnected (session %d): %s", session.name, session.id, reason)
+            log.info(
+                "runner %s disconnected (session %d): %s",
+                session.name,
+                session.id,
+                reason,
+                extra={"runner": session.name},
+            )
 
     def cancel(self, order: CancelOrder) -> bool:
         """Deliver a cancel to the stream holding the execution, if it is on this replica."""
@@ -264,6 +277,7 @@ class Hub:
                     "runner %s (session %d) missed its heartbeat deadline; closed",
                     session.name,
                     session.id,
+                    extra={"runner": session.name},
                 )
                 session.end()
         for order in report.cancels:
@@ -276,6 +290,20 @@ class Hub:
 
     async def result(self, session: LiveSession, report: ResultReport) -> None:
         verdict = await self._executions.report_result(session.id, session.name, report)
+        if verdict.applied:
+            self._observer.finished(report.execution_id, report.outcome)
+            log.info(
+                "job %s: execution %d on runner %s ended %s",
+                verdict.job_id,
+                report.execution_id,
+                session.name,
+                report.outcome.value,
+                extra={
+                    "job_id": verdict.job_id,
+                    "execution_id": report.execution_id,
+                    "runner": session.name,
+                },
+            )
         self._release(session, report.execution_id)
         session.send(ResultAck(report.execution_id, verdict))
 
@@ -292,7 +320,9 @@ class Hub:
         self._refuse_unless(session, execution_id, verdict)
 
     async def cancel_ack(self, session: LiveSession, execution_id: int) -> None:
-        await self._executions.cancel_ack(session.id, session.name, execution_id)
+        verdict = await self._executions.cancel_ack(session.id, session.name, execution_id)
+        if verdict.applied:
+            self._observer.finished(execution_id, Outcome.CANCELLED)
         self._release(session, execution_id)
 
     async def heartbeat(
@@ -341,11 +371,23 @@ class Hub:
         ]
         assignments = await self._jobs.claim(demands)
         for assignment in assignments:
+            self._observer.assigned(assignment)
             session = self._live.get(assignment.session_id)
             if session is None or session.closed:
                 continue  # its detach/close decides the job
             session.held.add(assignment.execution_id)
             session.send(assignment)
+            log.info(
+                "job %d assigned to runner %s (execution %d)",
+                assignment.job.id,
+                session.name,
+                assignment.execution_id,
+                extra={
+                    "job_id": assignment.job.id,
+                    "execution_id": assignment.execution_id,
+                    "runner": session.name,
+                },
+            )
         return len(assignments)
 
     @staticmethod

@@ -33,6 +33,9 @@ class Database:
         self.engine = _create_engine(url, self.kind)
         size = workers or (1 if self.kind == "sqlite" else 4)
         self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="db")
+        # Told of every operation that failed as Unavailable (the metrics count them).
+        # Called on a database thread; must return at once.
+        self.error_listeners: list[Callable[[], None]] = []
 
     @property
     def is_postgresql(self) -> bool:
@@ -48,7 +51,7 @@ class Database:
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
-            raise _unavailable(exc) from exc
+            raise self._unavailable(exc) from exc
 
     def run_sync(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one transaction; run it again when PostgreSQL aborted it as a
@@ -65,8 +68,13 @@ class Database:
                         getattr(exc.orig, "pgcode", "?"),
                     )
                     continue
-                raise _unavailable(exc) from exc
+                raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")
+
+    def _unavailable(self, exc: OperationalError) -> Unavailable:
+        for listener in self.error_listeners:
+            listener()
+        return _unavailable(exc)
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one transaction on a database thread."""

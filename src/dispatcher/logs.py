@@ -1,0 +1,89 @@
+"""Log lines for machines and for people: one JSON object per line, or plain text.
+
+Call sites say what a line is about with ``extra=``: ``job_id``, ``execution_id``,
+``runner``, ``replica``; both formats carry those fields when present.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import IO, Literal
+
+LogFormat = Literal["auto", "json", "text"]
+
+# The fields a log line may be about, in the order they are shown.
+CONTEXT_FIELDS = ("job_id", "execution_id", "runner", "replica")
+
+
+class JsonFormatter(logging.Formatter):
+    """time, level, logger, message, the context fields present, and the exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        about = [
+            f"{name}={getattr(record, name)}"
+            for name in CONTEXT_FIELDS
+            if getattr(record, name, None) is not None
+        ]
+        return f"{text} [{' '.join(about)}]" if about else text
+
+
+class ContextFilter(logging.Filter):
+    """Adds fixed context fields (e.g. this process's replica) to every record that does
+    not carry its own."""
+
+    def __init__(self, **fields: object) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in self.fields.items():
+            if getattr(record, name, None) is None:
+                setattr(record, name, value)
+        return True
+
+
+def choose(fmt: LogFormat, stream: IO[str]) -> Literal["json", "text"]:
+    if fmt == "auto":
+        return "text" if stream.isatty() else "json"
+    return fmt
+
+
+def configure(fmt: LogFormat, level: int, stream: IO[str] | None = None) -> logging.Handler:
+    """Send every log line to ``stream`` (stderr) in ``fmt``; replaces earlier handlers."""
+    out = stream or sys.stderr
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter() if choose(fmt, out) == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # aiohttp logs each request at INFO; the page polls every few seconds.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return handler
