@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from dispatcher.api.admin import AdminServicer, ServerIdentity
+from dispatcher.api.auth import AuthInterceptor
 from dispatcher.api.distributor import DistributorServicer
 from dispatcher.api.errors import ErrorMappingInterceptor
 from dispatcher.api.reflection import enable_reflection
@@ -30,6 +31,7 @@ from dispatcher.lifecycle.distributors import Distributors
 from dispatcher.lifecycle.executions import Executions
 from dispatcher.lifecycle.jobs import Jobs
 from dispatcher.lifecycle.sessions import Sessions
+from dispatcher.lifecycle.tokens import Tokens
 from dispatcher.runners.hub import Hub, HubTiming
 from dispatcher.settings import Settings
 from dispatcher.store import migrate
@@ -67,6 +69,8 @@ class Server:
     health: HealthServicer
     port: int
     database_clock: DatabaseClock | None = None
+    auth: AuthInterceptor | None = None
+    tokens: Tokens | None = None
     _clock_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -75,6 +79,8 @@ class Server:
             self._clock_task = asyncio.create_task(self._keep_clock(self.database_clock))
         # One process per SQLite file: any other replica row there is a dead run of ours.
         await self.hub.start(sole_replica=self.db.kind == "sqlite")
+        if self.auth is not None:
+            self.auth.start()
         await self.grpc_server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -98,6 +104,8 @@ class Server:
         await self.health.enter_graceful_shutdown()
         await self.hub.stop()
         await self.grpc_server.stop(1.0)
+        if self.auth is not None:
+            await self.auth.stop()
         await self.commits.stop()
         self.db.close()
         log.info("dispatcher stopped")
@@ -155,9 +163,16 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> Se
     hub = Hub(jobs, executions, sessions, timing)
     ctx.wakeups.append(hub.wake)
 
+    tokens = Tokens(ctx, cache_seconds=settings.auth.cache_seconds)
+    auth = AuthInterceptor(
+        tokens,
+        max_streams_per_token=settings.limits.max_streams_per_token,
+        recheck_seconds=settings.auth.stream_recheck_seconds,
+    )
     max_bytes = settings.limits.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        # The first is outermost: auth's refusals pass through the one error mapping.
+        interceptors=[ErrorMappingInterceptor(), auth],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -172,7 +187,7 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> Se
     )
     identity = ServerIdentity(replica_id=replica_id, database=db.kind, started_at=clock.now())
     admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(jobs, sessions, hub, clock, identity), server
+        AdminServicer(jobs, sessions, hub, clock, identity, tokens), server
     )
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(hub), server)
     distributor_pb2_grpc.add_DistributorServicer_to_server(
@@ -183,11 +198,36 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> Se
     enable_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
     )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
+    try:
+        port = _listen(server, settings)
+    except Unavailable:
         db.close()
+        raise
+    return Server(
+        settings, db, server, hub, commits, health, port, database_clock, auth=auth, tokens=tokens
+    )
+
+
+def _listen(server: grpc.aio.Server, settings: Settings) -> int:
+    tls = settings.tls
+    if tls.cert_file is None or tls.key_file is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        try:
+            chain = tls.cert_file.read_bytes()
+            key = tls.key_file.read_bytes()
+            client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+        except OSError as exc:
+            raise Unavailable(f"cannot read a TLS file: {exc}") from None
+        credentials = grpc.ssl_server_credentials(
+            [(key, chain)],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+        port = server.add_secure_port(settings.listen, credentials)
+    if port == 0:
         raise Unavailable(f"cannot listen on {settings.listen}: address in use or invalid")
-    return Server(settings, db, server, hub, commits, health, port, database_clock)
+    return port
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
@@ -200,7 +240,9 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
-    print(f"dispatcher listening on port {server.port} ({server.db.kind})", flush=True)
+    tls = settings.tls
+    transport = "" if not tls.enabled else ", mutual TLS" if tls.client_ca_file else ", TLS"
+    print(f"dispatcher listening on port {server.port} ({server.db.kind}{transport})", flush=True)
     await stop.wait()
     log.info("signal received; shutting down")
     await server.stop()

@@ -16,6 +16,7 @@ from dispatcher.domain.clock import Clock
 from dispatcher.domain.errors import InvalidInput
 from dispatcher.lifecycle.jobs import Jobs, encode_page_token
 from dispatcher.lifecycle.sessions import Sessions
+from dispatcher.lifecycle.tokens import Tokens
 from dispatcher.runners.hub import Hub
 from dispatcher.v1 import admin_pb2, admin_pb2_grpc
 
@@ -34,8 +35,15 @@ class ServerIdentity:
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(
-        self, jobs: Jobs, sessions: Sessions, hub: Hub, clock: Clock, identity: ServerIdentity
+        self,
+        jobs: Jobs,
+        sessions: Sessions,
+        hub: Hub,
+        clock: Clock,
+        identity: ServerIdentity,
+        tokens: Tokens,
     ) -> None:
+        self._tokens = tokens
         self._jobs = jobs
         self._sessions = sessions
         self._hub = hub
@@ -126,6 +134,28 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             started_at=started,
             uptime=uptime,
         )
+
+    async def CreateToken(
+        self, request: admin_pb2.CreateTokenRequest, context: Context
+    ) -> admin_pb2.CreateTokenResponse:
+        created = await self._tokens.create(request.name, convert.role_from_proto(request.role))
+        return admin_pb2.CreateTokenResponse(
+            token=convert.token_to_proto(created.token), secret=created.secret
+        )
+
+    async def ListTokens(
+        self, request: admin_pb2.ListTokensRequest, context: Context
+    ) -> admin_pb2.ListTokensResponse:
+        tokens = await self._tokens.list()
+        return admin_pb2.ListTokensResponse(tokens=[convert.token_to_proto(t) for t in tokens])
+
+    async def DeleteToken(
+        self, request: admin_pb2.DeleteTokenRequest, context: Context
+    ) -> admin_pb2.DeleteTokenResponse:
+        if not request.name:
+            raise InvalidInput("name is required: the token's name (see ListTokens)")
+        token = await self._tokens.delete(request.name)
+        return admin_pb2.DeleteTokenResponse(token=convert.token_to_proto(token))
 
 
 def _require_name(name: str) -> None:

@@ -21,6 +21,7 @@ from dispatcher.domain.model import (
     RunnerState,
 )
 from dispatcher.domain.states import DEFAULT_ON_LOST, JobState, OnLostPolicy, Outcome
+from dispatcher.domain.tokens import Role, Token
 from dispatcher.v1 import admin_pb2, scheduler_pb2, types_pb2
 
 E = TypeVar("E")
@@ -52,6 +53,13 @@ _OUTCOME = {
     types_pb2.OUTCOME_LOST: Outcome.LOST,
 }
 _OUTCOME_PB = {v: k for k, v in _OUTCOME.items()}
+
+_ROLE = {
+    admin_pb2.TOKEN_ROLE_RUNNER: Role.RUNNER,
+    admin_pb2.TOKEN_ROLE_DISTRIBUTOR: Role.DISTRIBUTOR,
+    admin_pb2.TOKEN_ROLE_ADMIN: Role.ADMIN,
+}
+_ROLE_PB = {v: k for k, v in _ROLE.items()}
 
 _RUNNER_STATE_PB = {
     RunnerState.ONLINE: types_pb2.RUNNER_STATE_ONLINE,
@@ -132,6 +140,14 @@ def hello_from_proto(hello: scheduler_pb2.Hello) -> RunnerHello:
         version=hello.version,
         resume_token=hello.resume_token,
     )
+
+
+def role_from_proto(value: int) -> Role:
+    try:
+        return _ROLE[value]  # type: ignore[index]
+    except KeyError:
+        names = ", ".join(admin_pb2.TokenRole.Name(n) for n in sorted(_ROLE))
+        raise InvalidInput(f"role: unknown value {value}; use one of {names}") from None
 
 
 def outcome_from_proto(value: int) -> Outcome:
@@ -225,4 +241,14 @@ def runner_to_proto(runner: Runner) -> types_pb2.Runner:
         version=runner.version,
         last_seen_at=_ts(runner.last_seen_at),
         building=runner.building,
+    )
+
+
+def token_to_proto(token: Token) -> admin_pb2.Token:
+    return admin_pb2.Token(
+        id=token.id,
+        name=token.name,
+        role=_ROLE_PB[token.role],
+        created_at=_ts(token.created_at),
+        last_used_at=_ts(token.last_used_at),
     )
