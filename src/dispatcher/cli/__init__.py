@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from dispatcher import __version__
-from dispatcher.cli import jobs, server
+from dispatcher.cli import jobs, server, tokens
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,3 +16,4 @@ def main() -> None:
 
 server.register(main)
 jobs.register(main)
+tokens.register(main)
