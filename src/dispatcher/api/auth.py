@@ -183,9 +183,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 self._tokens.forget(token_id)
 
     async def _authorise(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Token:
-        token = await self._tokens.verify(bearer_secret(context.invocation_metadata()))
-        _check_role(method, token)
-        return token
+        secret = bearer_secret(context.invocation_metadata())
+        return await self._tokens.verify(secret, lambda token: _check_role(method, token))
 
     async def intercept_service(
         self,

@@ -23,6 +23,10 @@ from dispatcher.lifecycle.context import Context
 from dispatcher.store import tokens as store
 
 
+def _anyone(token: Token) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class CreatedToken:
     token: Token
@@ -73,12 +77,15 @@ class Tokens:
         for listener in self.on_deleted:
             listener(token_id)
 
-    async def verify(self, secret: str) -> Token:
-        """The token whose secret this is; Unauthenticated when none is."""
+    async def verify(self, secret: str, may: Callable[[Token], None] = _anyone) -> Token:
+        """The token whose secret this is; Unauthenticated when none is. ``may`` raises
+        when the token may not do what it asks, before its use is recorded, so that a
+        refused call writes nothing."""
         token_id, random_part = rules.parse(secret)
         remembered = self._cache.get(token_id)
         if remembered is not None and remembered.until > self.monotonic():
             if rules.matches(random_part, remembered.secret_hash):
+                may(remembered.token)
                 return remembered.token
             raise _unknown()
 
@@ -86,6 +93,7 @@ class Tokens:
             found = store.token_with_hash(conn, token_id)
             if found is None or not rules.matches(random_part, found[1]):
                 return None
+            may(found[0])
             store.mark_used(conn, token_id, self.ctx.clock.now())
             return found
 
