@@ -19,6 +19,7 @@ from grpc_health.v1._async import HealthServicer
 
 from dispatcher.api.admin import AdminServicer, ServerIdentity
 from dispatcher.api.auth import AuthInterceptor
+from dispatcher.api.decoding import DecodingInterceptor
 from dispatcher.api.distributor import DistributorServicer
 from dispatcher.api.errors import ErrorMappingInterceptor
 from dispatcher.api.reflection import enable_reflection
@@ -171,8 +172,9 @@ async def create_server(settings: Settings, *, clock: Clock | None = None) -> Se
     )
     max_bytes = settings.limits.max_message_bytes
     server = grpc.aio.server(
-        # The first is outermost: auth's refusals pass through the one error mapping.
-        interceptors=[ErrorMappingInterceptor(), auth],
+        # The first is outermost: auth's refusals and undecodable requests pass through
+        # the one error mapping; the token is checked before the request is looked at.
+        interceptors=[ErrorMappingInterceptor(), auth, DecodingInterceptor()],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),

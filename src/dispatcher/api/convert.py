@@ -79,10 +79,16 @@ def _enum(table: Mapping[Any, E], value: int, field: str, enum_name: str) -> E:
         raise InvalidInput(f"{field}: unknown value {value}; use one of {names}") from None
 
 
-def _time(ts: Timestamp, *, present: bool) -> datetime | None:
+def _time(ts: Timestamp, *, present: bool, field: str) -> datetime | None:
     if not present:
         return None
-    return ts.ToDatetime(tzinfo=UTC)
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInput(
+            f"{field}: not a valid time (seconds {ts.seconds}, nanos {ts.nanos}); "
+            "use years 1 to 9999"
+        ) from None
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
@@ -109,11 +115,15 @@ def spec_from_proto(spec: types_pb2.JobSpec) -> JobSpec:
         labels=frozenset(spec.labels),
         payload=spec.payload,
         priority=spec.priority,
-        not_before=_time(spec.not_before, present=spec.HasField("not_before")),
+        not_before=_time(
+            spec.not_before, present=spec.HasField("not_before"), field="spec.not_before"
+        ),
         coalesce_keys=frozenset(spec.coalesce_keys),
         dedupe_key=spec.dedupe_key,
         idempotency_key=spec.idempotency_key,
-        origin_time=_time(spec.origin_time, present=spec.HasField("origin_time")),
+        origin_time=_time(
+            spec.origin_time, present=spec.HasField("origin_time"), field="spec.origin_time"
+        ),
         distributor=spec.distributor,
         on_lost=on_lost,
     )
@@ -126,8 +136,16 @@ def filter_from_proto(request: admin_pb2.ListJobsRequest) -> JobFilter:
         platform=request.platform,
         labels=frozenset(request.labels),
         runner=request.runner,
-        created_after=_time(request.created_after, present=request.HasField("created_after")),
-        created_before=_time(request.created_before, present=request.HasField("created_before")),
+        created_after=_time(
+            request.created_after,
+            present=request.HasField("created_after"),
+            field="created_after",
+        ),
+        created_before=_time(
+            request.created_before,
+            present=request.HasField("created_before"),
+            field="created_before",
+        ),
     )
 
 
