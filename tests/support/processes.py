@@ -44,6 +44,8 @@ class ServerProcess:
     port: int
     log: Path
     tokens: RoleTokens
+    # The "dispatcher listening on port ..." line.
+    banner: str = ""
 
     @property
     def address(self) -> str:
@@ -82,11 +84,11 @@ def dispatcher_server(
             env=env,
         )
     try:
-        port = _read_port(process, log)
+        port, banner = _read_port(process, log)
         address = f"127.0.0.1:{port}"
         _TOKENS[address] = tokens
         try:
-            yield ServerProcess(process, port, log, tokens)
+            yield ServerProcess(process, port, log, tokens, banner)
         finally:
             _TOKENS.pop(address, None)
     finally:
@@ -129,7 +131,7 @@ def bootstrap_tokens(database_url: str) -> RoleTokens:
     return RoleTokens(**secrets_by_role)
 
 
-def _read_port(process: subprocess.Popen[str], log: Path, timeout: float = 30.0) -> int:
+def _read_port(process: subprocess.Popen[str], log: Path, timeout: float = 30.0) -> tuple[int, str]:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -138,7 +140,7 @@ def _read_port(process: subprocess.Popen[str], log: Path, timeout: float = 30.0)
             break
         match = re.search(r"listening on port (\d+)", line)
         if match:
-            return int(match.group(1))
+            return int(match.group(1)), line.strip()
     stop(process)
     raise RuntimeError(f"dispatcher did not start:\n{log.read_text()}")
 
