@@ -25,12 +25,14 @@ import grpc
 
 from dispatcher.v1 import admin_pb2, admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
 from tests.support.processes import dispatcher_server
+from tests.support.tokens import RoleTokens, authenticated_channel
 
 PLATFORM = "bench/noop"
 
 
 async def noop_runner(
     address: str,
+    tokens: RoleTokens,
     name: str,
     capacity: int,
     assigned: dict[int, float],
@@ -38,7 +40,7 @@ async def noop_runner(
     total: int,
     finished: list[int],
 ) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with authenticated_channel(address, tokens) as channel:
         call = scheduler_pb2_grpc.SchedulerStub(channel).Connect()
         await call.write(
             scheduler_pb2.ConnectRequest(
@@ -78,7 +80,7 @@ async def noop_runner(
 
 
 async def one_run(
-    address: str, jobs: int, runners: int, capacity: int, batch: int
+    address: str, tokens: RoleTokens, jobs: int, runners: int, capacity: int, batch: int
 ) -> tuple[float, float, float]:
     assigned: dict[int, float] = {}
     submitted: dict[int, float] = {}
@@ -86,11 +88,11 @@ async def one_run(
     finished = [0]
     tasks = [
         asyncio.create_task(
-            noop_runner(address, f"bench-{i}", capacity, assigned, done, jobs, finished)
+            noop_runner(address, tokens, f"bench-{i}", capacity, assigned, done, jobs, finished)
         )
         for i in range(runners)
     ]
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with authenticated_channel(address, tokens) as channel:
         admin = admin_pb2_grpc.AdminStub(channel)
         await asyncio.sleep(0.5)  # let the streams say hello before the clock starts
         started = time.perf_counter()
@@ -143,7 +145,14 @@ def main() -> None:
             )
             with dispatcher_server(url, Path(workdir)) as server:
                 rate, p50, p99 = asyncio.run(
-                    one_run(server.address, args.jobs, args.runners, args.capacity, args.batch)
+                    one_run(
+                        server.address,
+                        server.tokens,
+                        args.jobs,
+                        args.runners,
+                        args.capacity,
+                        args.batch,
+                    )
                 )
         rates.append(rate)
         p50s.append(p50)

@@ -71,6 +71,22 @@ log = logging.getLogger(__name__)
     help="Connect with TLS, trusting this CA bundle (PEM). Default: plaintext.",
 )
 @click.option(
+    "--cert-file",
+    "tls_cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="DISPATCHER_CERT_FILE",
+    show_envvar=True,
+    help="Mutual TLS: this runner's certificate (PEM), with --key-file.",
+)
+@click.option(
+    "--key-file",
+    "tls_key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="DISPATCHER_KEY_FILE",
+    show_envvar=True,
+    help="Mutual TLS: the certificate's private key (PEM).",
+)
+@click.option(
     "--kill-grace",
     type=click.FloatRange(min=0),
     default=DEFAULT_KILL_GRACE,
@@ -93,6 +109,8 @@ def main(
     capacity: int,
     token: str | None,
     tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     kill_grace: float,
     once: bool,
     exit_when_drained: bool,
@@ -112,6 +130,8 @@ def main(
             capacity=capacity,
             token=token or None,
             tls_ca_file=tls_ca,
+            tls_cert_file=tls_cert,
+            tls_key_file=tls_key,
             kill_grace=kill_grace,
             stop_after_jobs=1 if once else None,
             leave_when_drained=exit_when_drained,

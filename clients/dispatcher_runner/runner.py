@@ -108,6 +108,9 @@ class RunnerConfig:
     """Used when the Welcome does not say how often to send heartbeats."""
     tls_ca_file: Path | None = None
     """When set, connect with TLS and trust this CA bundle (PEM); otherwise plaintext."""
+    tls_cert_file: Path | None = None
+    """Mutual TLS: this runner's certificate chain (PEM), with ``tls_key_file``."""
+    tls_key_file: Path | None = None
     token: str | None = field(default=None, repr=False)
     """A runner token, sent as ``authorization: Bearer <token>`` metadata."""
     kill_grace: float = DEFAULT_KILL_GRACE
@@ -145,6 +148,10 @@ class RunnerConfig:
             raise ValueError("kill_grace and result_ack_timeout must not be negative")
         if not self.name or not self.platform:
             raise ValueError("name and platform must not be empty")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("the TLS certificate and key go together: give both or neither")
+        if self.tls_cert_file is not None and self.tls_ca_file is None:
+            raise ValueError("a client certificate (mutual TLS) needs the CA file (TLS)")
 
 
 class Backoff:
@@ -757,11 +764,16 @@ class Runner:
     def _channel_credentials(self) -> grpc.ChannelCredentials | None:
         if self.config.tls_ca_file is None:
             return None
+        config = self.config
         try:
             roots = self.config.tls_ca_file.read_bytes()
+            key = config.tls_key_file.read_bytes() if config.tls_key_file else None
+            chain = config.tls_cert_file.read_bytes() if config.tls_cert_file else None
         except OSError as exc:
-            raise RunnerError(f"cannot read the TLS CA file: {exc}") from exc
-        return grpc.ssl_channel_credentials(root_certificates=roots)
+            raise RunnerError(f"cannot read a TLS file: {exc}") from exc
+        return grpc.ssl_channel_credentials(
+            root_certificates=roots, private_key=key, certificate_chain=chain
+        )
 
     # -- tasks and waiting ---------------------------------------------------------
 

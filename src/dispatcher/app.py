@@ -19,13 +19,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from dispatcher.api.admin import AdminServicer, RuleServices, ServerIdentity
+from dispatcher.api.auth import AuthInterceptor
+from dispatcher.api.decoding import DecodingInterceptor
 from dispatcher.api.distributor import DistributorServicer
 from dispatcher.api.errors import ErrorMappingInterceptor
 from dispatcher.api.metrics import RpcMetricsInterceptor
 from dispatcher.api.reflection import enable_reflection
 from dispatcher.api.scheduler import SchedulerServicer
 from dispatcher.domain.clock import Clock
-from dispatcher.domain.errors import Unavailable
+from dispatcher.domain.errors import DispatcherError, Unavailable
+from dispatcher.domain.tokens import Role
 from dispatcher.lifecycle.backoffs import Backoffs
 from dispatcher.lifecycle.batching import GroupCommit
 from dispatcher.lifecycle.context import Context
@@ -37,6 +40,7 @@ from dispatcher.lifecycle.jobs import Jobs
 from dispatcher.lifecycle.schedules import Schedules
 from dispatcher.lifecycle.sessions import Sessions
 from dispatcher.lifecycle.status import Status
+from dispatcher.lifecycle.tokens import Tokens
 from dispatcher.logs import ContextFilter
 from dispatcher.runners.hub import Hub, HubTiming
 from dispatcher.settings import Settings
@@ -78,6 +82,8 @@ class Server:
     health: HealthServicer
     port: int
     database_clock: DatabaseClock | None = None
+    auth: AuthInterceptor | None = None
+    tokens: Tokens | None = None
     _clock_task: asyncio.Task[None] | None = None
     replica_id: str = ""
     web: WebServer | None = None
@@ -93,6 +99,8 @@ class Server:
             self._clock_task = asyncio.create_task(self._keep_clock(self.database_clock))
         # One process per SQLite file: any other replica row there is a dead run of ours.
         await self.hub.start(sole_replica=self.db.kind == "sqlite")
+        if self.auth is not None:
+            self.auth.start()
         await self.grpc_server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -118,6 +126,8 @@ class Server:
             await self.web.stop()
         await self.hub.stop()
         await self.grpc_server.stop(1.0)
+        if self.auth is not None:
+            await self.auth.stop()
         await self.commits.stop()
         self.db.close()
         log.info("dispatcher stopped")
@@ -150,12 +160,9 @@ async def create_server(
     """Build a dispatcher. Deadlines follow the database's clock (shared by every
     replica) unless a ``clock`` is given, as tests do. ``verify_admin_token`` decides
     which tokens open the status page and /metrics when ``http_open`` is false."""
-    # TODO(tokens, issue 6): wire the admin-token check here; until then none is accepted.
-    access = Access(open=settings.http_open)
-    if verify_admin_token is not None:
-        access = Access(open=settings.http_open, verify_admin_token=verify_admin_token)
     if settings.http_listen:
-        check_access(settings.http_listen, access)
+        # Before anything starts: an open page must be on a loopback address.
+        check_access(settings.http_listen, Access(open=settings.http_open))
     db = await asyncio.to_thread(prepare_database, settings)
     database_clock = None
     if clock is None:
@@ -192,10 +199,23 @@ async def create_server(
     ctx.wakeups.append(hub.wake)
     ctx.due_wakeups.append(hub.wake_due)
 
+    tokens = Tokens(ctx, cache_seconds=settings.auth.cache_seconds)
+    auth = AuthInterceptor(
+        tokens,
+        max_streams_per_token=settings.limits.max_streams_per_token,
+        recheck_seconds=settings.auth.stream_recheck_seconds,
+    )
     max_bytes = settings.limits.max_message_bytes
     server = grpc.aio.server(
-        # Metrics outermost: they count the status code the error mapping chose.
-        interceptors=[RpcMetricsInterceptor(metrics), ErrorMappingInterceptor()],
+        # The first is outermost. Metrics count the status code the error mapping chose;
+        # auth's refusals and undecodable requests pass through the one error mapping;
+        # the token is checked before the request is looked at.
+        interceptors=[
+            RpcMetricsInterceptor(metrics),
+            ErrorMappingInterceptor(),
+            auth,
+            DecodingInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -217,6 +237,7 @@ async def create_server(
             clock,
             identity,
             RuleServices(Flavors(ctx), schedules, Backoffs(ctx), Explainer(ctx)),
+            tokens,
         ),
         server,
     )
@@ -229,12 +250,16 @@ async def create_server(
     enable_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
     )
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
+    try:
+        port = _listen(server, settings)
+    except Unavailable:
         db.close()
-        raise Unavailable(f"cannot listen on {settings.listen}: address in use or invalid")
+        raise
     web = None
     if settings.http_listen:
+        if verify_admin_token is None:
+            verify_admin_token = _admin_token_check(tokens)
+        access = Access(open=settings.http_open, verify_admin_token=verify_admin_token)
         deps = WebDeps(jobs, Status(ctx), metrics, clock, access)
         web = WebServer(build_web(deps), settings.http_listen)
     return Server(
@@ -246,9 +271,46 @@ async def create_server(
         health,
         port,
         database_clock,
+        auth=auth,
+        tokens=tokens,
         replica_id=replica_id,
         web=web,
     )
+
+
+def _admin_token_check(tokens: Tokens) -> VerifyAdminToken:
+    """The status page and /metrics open to admin tokens (SPEC §10, §11)."""
+
+    async def verify(secret: str) -> bool:
+        try:
+            token = await tokens.verify(secret)
+        except DispatcherError:
+            return False
+        return token.role is Role.ADMIN
+
+    return verify
+
+
+def _listen(server: grpc.aio.Server, settings: Settings) -> int:
+    tls = settings.tls
+    if tls.cert_file is None or tls.key_file is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        try:
+            chain = tls.cert_file.read_bytes()
+            key = tls.key_file.read_bytes()
+            client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+        except OSError as exc:
+            raise Unavailable(f"cannot read a TLS file: {exc}") from None
+        credentials = grpc.ssl_server_credentials(
+            [(key, chain)],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+        port = server.add_secure_port(settings.listen, credentials)
+    if port == 0:
+        raise Unavailable(f"cannot listen on {settings.listen}: address in use or invalid")
+    return port
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
@@ -269,7 +331,12 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     if server.http_port is not None:
         host = settings.http_listen.rpartition(":")[0] or "0.0.0.0"  # noqa: S104 (shown only)
         page = f"; status page on http://{host}:{server.http_port}/"
-    print(f"dispatcher listening on port {server.port} ({server.db.kind}){page}", flush=True)
+    tls = settings.tls
+    transport = "" if not tls.enabled else ", mutual TLS" if tls.client_ca_file else ", TLS"
+    print(
+        f"dispatcher listening on port {server.port} ({server.db.kind}{transport}){page}",
+        flush=True,
+    )
     await stop.wait()
     log.info("signal received; shutting down")
     await server.stop()

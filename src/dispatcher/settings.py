@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.domain.rules import SchedulingRules
@@ -26,6 +26,9 @@ class LimitSettings(BaseModel):
     max_labels: int = Field(64, ge=1, description="Labels per job or runner.")
     max_payload_bytes: int = Field(1024 * 1024, ge=0, description="Job payload size.")
     max_batch_size: int = Field(1000, ge=1, description="Jobs per SubmitJobs call.")
+    max_streams_per_token: int = Field(
+        100, ge=1, description="Open Scheduler.Connect streams per token, on each replica."
+    )
 
     def domain(self) -> Limits:
         return Limits(
@@ -78,6 +81,52 @@ class RuleSettings(BaseModel):
             quarantine_base=timedelta(seconds=self.quarantine_base_seconds),
             quarantine_max=timedelta(seconds=self.quarantine_max_seconds),
         )
+
+
+class AuthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cache_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How long a replica trusts a verified token without reading the "
+        "database again. A token deleted through another replica keeps working there "
+        "for new calls for at most this long (0: read on every call).",
+    )
+    stream_recheck_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="How often a replica checks that the tokens of its open streams "
+        "still exist; a deleted token's streams close within this time.",
+    )
+
+
+class TlsSettings(BaseModel):
+    """Plaintext when ``cert_file`` is unset; mutual TLS when ``client_ca_file`` is set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: Path | None = Field(
+        None, description="Server certificate chain (PEM); set with key_file to serve TLS."
+    )
+    key_file: Path | None = Field(None, description="The certificate's private key (PEM).")
+    client_ca_file: Path | None = Field(
+        None,
+        description="CA bundle (PEM): when set, every client must present a certificate "
+        "signed by it (mutual TLS), in addition to its token.",
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file go together: set both or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file (mutual TLS) needs tls.cert_file and key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
 
 
 class Settings(BaseSettings):
@@ -153,6 +202,8 @@ class Settings(BaseSettings):
     )
     limits: LimitSettings = Field(default_factory=lambda: LimitSettings())
     rules: RuleSettings = Field(default_factory=lambda: RuleSettings())
+    auth: AuthSettings = Field(default_factory=lambda: AuthSettings())
+    tls: TlsSettings = Field(default_factory=lambda: TlsSettings())
 
     @property
     def heartbeat_interval(self) -> timedelta:

@@ -24,6 +24,7 @@ from click.testing import CliRunner, Result
 from dispatcher.cli import main
 from dispatcher.cli.client import Endpoint
 from dispatcher_runner import host_platform
+from tests.support.processes import bootstrap_tokens
 
 READY = re.compile(r"dispatcher listening on port (\d+) \((\w+)\)")
 START_SECONDS = 30.0
@@ -47,6 +48,7 @@ def _read_line(stream: IO[str], deadline: float) -> str:
 def server_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("cli-server")
     log = workdir / "server.log"
+    url = f"sqlite:///{workdir / 'dispatcher.db'}"
     command = [
         *CLI,
         "serve",
@@ -55,8 +57,11 @@ def server_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--http-listen",
         "127.0.0.1:0",
         "--database",
-        f"sqlite:///{workdir / 'dispatcher.db'}",
+        url,
     ]
+    # Every command of this module, in-process or not, sends the admin token.
+    environment = pytest.MonkeyPatch()
+    environment.setenv("DISPATCHER_TOKEN", bootstrap_tokens(url).admin)
     with log.open("w") as stderr:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
     assert proc.stdout is not None
@@ -69,6 +74,7 @@ def server_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             pytest.fail(f"the server did not start: {line!r}\n{log.read_text()}")
         yield f"127.0.0.1:{ready.group(1)}"
     finally:
+        environment.undo()
         proc.terminate()
         try:
             proc.wait(timeout=15)

@@ -19,7 +19,7 @@ from dispatcher.v1 import (
     types_pb2,
 )
 from tests.support.eventually import eventually
-from tests.support.server import admin, connect_runner, running_server
+from tests.support.server import admin, connect_runner, open_channel, running_server
 
 LINUX = "linux/x86_64"
 
@@ -32,7 +32,7 @@ async def server(database_url: str) -> AsyncIterator[Server]:
 
 @pytest.fixture
 async def channel(server: Server) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    async with open_channel(server) as ch:
         yield ch
 
 
@@ -128,7 +128,7 @@ async def test_a_stream_gone_past_the_grace_requeues_its_job_to_another_runner(
 ) -> None:
     async with (
         running_server(database_url, reattach_grace_seconds=0.2) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        open_channel(server) as channel,
     ):
         first, _ = await connect_runner(channel, "r1")
         submitted = await admin(channel).SubmitJob(
@@ -373,7 +373,7 @@ async def test_reflection_resolves_method_symbols(channel: grpc.aio.Channel) -> 
 async def test_a_cancel_the_runner_ignores_is_forced_after_the_grace(database_url: str) -> None:
     async with (
         running_server(database_url, cancel_grace_seconds=0.3) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        open_channel(server) as channel,
     ):
         runner, _ = await connect_runner(channel, "stubborn")
         submitted = await admin(channel).SubmitJob(admin_pb2.SubmitJobRequest(spec=job_spec()))

@@ -13,7 +13,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from dispatcher.app import Server
 from dispatcher.v1 import admin_pb2, scheduler_pb2, types_pb2
-from tests.support.server import admin, connect_runner, running_server
+from tests.support.server import admin, connect_runner, open_channel, running_server
 
 LINUX = "linux/x86_64"
 
@@ -23,7 +23,7 @@ async def channel(database_url: str) -> AsyncIterator[grpc.aio.Channel]:
     server: Server
     async with (
         running_server(database_url) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        open_channel(server) as channel,
     ):
         yield channel
 

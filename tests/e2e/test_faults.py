@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
-import grpc
 import pytest
 from sqlalchemy import select
 
@@ -29,6 +28,7 @@ from tests.support.processes import (
     kill_hard,
     runner_process,
 )
+from tests.support.tokens import authenticated_sync_channel
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +75,7 @@ def piddir(tmp_path: Path) -> Iterator[Path]:
 
 @contextmanager
 def admin_of(server: ServerProcess) -> Iterator[admin_pb2_grpc.AdminStub]:
-    with grpc.insecure_channel(server.address) as channel:
+    with authenticated_sync_channel(server.address, server.tokens) as channel:
         yield admin_pb2_grpc.AdminStub(channel)
 
 

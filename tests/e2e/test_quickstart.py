@@ -30,8 +30,12 @@ def server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
         yield started
 
 
-def grpcurl(server: ServerProcess, *args: str, data: object | None = None) -> str:
+def grpcurl(
+    server: ServerProcess, *args: str, data: object | None = None, token: bool = True
+) -> str:
     command = [tool("grpcurl"), "-plaintext"]
+    if token:
+        command += ["-H", f"authorization: Bearer {server.tokens.admin}"]
     if data is not None:
         command += ["-d", json.dumps(data)]
     result = subprocess.run(
@@ -55,7 +59,8 @@ def job_state(server: ServerProcess, job_id: str) -> dict[str, object]:
 
 
 def test_grpcurl_sees_the_services_and_health(server: ServerProcess) -> None:
-    services = grpcurl(server, "list").split()
+    # Reflection and health need no token.
+    services = grpcurl(server, "list", token=False).split()
     for name in (
         "dispatcher.v1.Scheduler",
         "dispatcher.v1.Distributor",
@@ -64,9 +69,9 @@ def test_grpcurl_sees_the_services_and_health(server: ServerProcess) -> None:
         "grpc.reflection.v1alpha.ServerReflection",
     ):
         assert name in services
-    health = json.loads(grpcurl(server, "grpc.health.v1.Health/Check"))
+    health = json.loads(grpcurl(server, "grpc.health.v1.Health/Check", token=False))
     assert health == {"status": "SERVING"}
-    described = grpcurl(server, "describe", "dispatcher.v1.Admin.SubmitJob")
+    described = grpcurl(server, "describe", "dispatcher.v1.Admin.SubmitJob", token=False)
     assert "rpc SubmitJob ( .dispatcher.v1.SubmitJobRequest )" in described
 
 
@@ -122,6 +127,8 @@ def test_malformed_json_requests_get_clear_errors(server: ServerProcess) -> None
         [
             tool("grpcurl"),
             "-plaintext",
+            "-H",
+            f"authorization: Bearer {server.tokens.admin}",
             "-d",
             json.dumps({"spec": {"command": ["true"]}}),
             server.address,

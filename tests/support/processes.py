@@ -1,9 +1,15 @@
-"""Real dispatcher and runner processes, started from the installed console scripts."""
+"""Real dispatcher and runner processes, started from the installed console scripts.
+
+``dispatcher_server`` writes one token per role into the database before the server
+starts (as ``dispatcher tokens create --database`` would); ``runner_process`` and
+``run_cli`` then send the runner and the admin token of the server at their address.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -13,7 +19,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+
+from tests.support.tokens import RoleTokens
 
 BIN = Path(sys.executable).parent
 
@@ -34,8 +43,11 @@ class ServerProcess:
     process: subprocess.Popen[str]
     port: int
     log: Path
+    tokens: RoleTokens
     # The status page's port; None when started with --no-http.
     http_port: int | None = None
+    # The "dispatcher listening on port ..." line.
+    banner: str = ""
 
     @property
     def address(self) -> str:
@@ -53,6 +65,7 @@ def dispatcher_server(
 ) -> Iterator[ServerProcess]:
     """``settings``: Settings fields (e.g. reattach_grace_seconds) given as DISPATCHER_*."""
     log = workdir / log_name
+    tokens = bootstrap_tokens(database_url)
     env = {**os.environ, **{f"DISPATCHER_{k.upper()}": v for k, v in (settings or {}).items()}}
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -76,16 +89,57 @@ def dispatcher_server(
             env=env,
         )
     try:
-        port, http_port = _read_ports(process, log)
-        yield ServerProcess(process, port, log, http_port)
+        port, http_port, banner = _read_ports(process, log)
+        address = f"127.0.0.1:{port}"
+        _TOKENS[address] = tokens
+        try:
+            yield ServerProcess(process, port, log, tokens, http_port, banner)
+        finally:
+            _TOKENS.pop(address, None)
     finally:
         stop(process)
 
 
+# The tokens of each server started here, by address, for the runners and CLI calls
+# that name only the address.
+_TOKENS: dict[str, RoleTokens] = {}
+
+
+def tokens_at(address: str) -> RoleTokens | None:
+    return _TOKENS.get(address)
+
+
+def bootstrap_tokens(database_url: str) -> RoleTokens:
+    """One new token per role, written straight into the database (migrated first)."""
+    from dispatcher.app import prepare_database
+    from dispatcher.domain import tokens as rules
+    from dispatcher.settings import Settings
+    from dispatcher.store import tokens as store
+
+    db = prepare_database(Settings(database_url=database_url, migrate_on_start=True))
+    secrets_by_role: dict[str, str] = {}
+    suffix = secrets.token_hex(3)
+    try:
+        with db.transaction() as conn:
+            for role in rules.Role:
+                random_part = rules.new_random_part()
+                token = store.insert_token(
+                    conn,
+                    f"test-{role.value}-{suffix}",
+                    role,
+                    rules.hash_secret(random_part),
+                    datetime.now(UTC),
+                )
+                secrets_by_role[role.value] = rules.compose(token.id, random_part)
+    finally:
+        db.close()
+    return RoleTokens(**secrets_by_role)
+
+
 def _read_ports(
     process: subprocess.Popen[str], log: Path, timeout: float = 30.0
-) -> tuple[int, int | None]:
-    """The gRPC port and the status page's port (None without one) from the ready line."""
+) -> tuple[int, int | None, str]:
+    """The gRPC port, the status page's port (None without one) and the ready line."""
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,7 +149,7 @@ def _read_ports(
         match = re.search(r"listening on port (\d+)", line)
         if match:
             page = re.search(r"status page on http://[^ ]*:(\d+)/", line)
-            return int(match.group(1)), int(page.group(1)) if page else None
+            return int(match.group(1)), int(page.group(1)) if page else None, line.strip()
     stop(process)
     raise RuntimeError(f"dispatcher did not start:\n{log.read_text()}")
 
@@ -112,7 +166,7 @@ def runner_process(
             stderr=subprocess.STDOUT,
             text=True,
             cwd=workdir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **_token_env(address, "runner")},
         )
     try:
         yield process
@@ -154,5 +208,10 @@ def run_cli(address: str, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         check=False,
-        env={**os.environ, "DISPATCHER_SERVER": address},
+        env={**os.environ, "DISPATCHER_SERVER": address, **_token_env(address, "admin")},
     )
+
+
+def _token_env(address: str, role: str) -> dict[str, str]:
+    tokens = _TOKENS.get(address)
+    return {"DISPATCHER_TOKEN": getattr(tokens, role)} if tokens is not None else {}

@@ -1,4 +1,10 @@
-"""A real dispatcher in this process on a free loopback port, and a raw runner stream."""
+"""A real dispatcher in this process on a free loopback port, and a raw runner stream.
+
+``running_server`` also creates one token per role; ``open_channel(server)`` gives a
+channel that sends, on each call, the token of the role that service needs (admin for
+Admin, runner for Scheduler, distributor for Distributor), so tests talk to a server
+that checks tokens without saying so on every call.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,11 @@ from typing import Any
 import grpc
 
 from dispatcher.app import Server, create_server
+from dispatcher.domain.tokens import Role
 from dispatcher.settings import Settings
 from dispatcher.v1 import admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from dispatcher.web.app import VerifyAdminToken
+from tests.support.tokens import RoleTokens, authenticated_channel
 
 
 @asynccontextmanager
@@ -33,10 +41,33 @@ async def running_server(
         verify_admin_token=verify_admin_token,
     )
     await server.start()
+    assert server.tokens is not None
+    tokens = RoleTokens(
+        **{
+            role.value: (await server.tokens.create(f"test-{role.value}", role)).secret
+            for role in Role
+        }
+    )
+    _TOKENS[id(server)] = tokens
     try:
         yield server
     finally:
+        _TOKENS.pop(id(server), None)
         await server.stop()
+
+
+# The tokens of each running server, by id(): Server is not hashable.
+_TOKENS: dict[int, RoleTokens] = {}
+
+
+def tokens_of(server: Server) -> RoleTokens:
+    return _TOKENS[id(server)]
+
+
+def open_channel(server: Server, *, role: Role | None = None) -> grpc.aio.Channel:
+    """A channel to ``server`` carrying the token each service needs (or only the token
+    of ``role``, for every call)."""
+    return authenticated_channel(f"127.0.0.1:{server.port}", tokens_of(server), role=role)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dispatcher.app import Server
 from dispatcher.domain.states import JobState
 from dispatcher.store.tables import jobs
 from dispatcher.v1 import admin_pb2
-from tests.support.server import admin, running_server
+from tests.support.server import admin, open_channel, running_server
 from tests.web.workload import FLAVOR, FLAVORED, every_state
 
 
@@ -49,7 +49,7 @@ def database_counts(server: Server) -> dict[str, int]:
 
 
 async def test_metrics_match_the_database_after_a_workload(server: Server) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with open_channel(server) as channel:
         work = await every_state(channel)
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await admin(channel).GetJob(admin_pb2.GetJobRequest(id=999_999))

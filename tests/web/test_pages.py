@@ -6,10 +6,9 @@ import html
 import re
 
 import aiohttp
-import grpc
 import pytest
 
-from tests.support.server import running_server
+from tests.support.server import open_channel, running_server
 from tests.web.workload import UNSERVED, spec, submit
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -22,7 +21,7 @@ def job_ids(page: str) -> list[int]:
 async def test_pages_filters_and_fragments(database_url: str) -> None:
     async with (
         running_server(database_url) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        open_channel(server) as channel,
         aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as http,
     ):
         for n in range(5):
@@ -64,7 +63,7 @@ async def test_pages_filters_and_fragments(database_url: str) -> None:
 async def test_the_page_escapes_what_submitters_wrote(database_url: str) -> None:
     async with (
         running_server(database_url) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        open_channel(server) as channel,
         aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as http,
     ):
         job = await submit(channel, spec(UNSERVED, queue="q", command=("<script>x</script>",)))

@@ -9,10 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from tests.support.server import running_server
+from tests.support.server import open_channel, running_server
 from tests.web.workload import FLAVOR, FLAVORED, RUNNER, UNSERVED, every_state, spec, submit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
@@ -47,7 +46,7 @@ async def test_the_status_page_shows_every_state_and_updates_live(
 
     async with (
         running_server(database_url) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        open_channel(server) as channel,
         async_playwright() as pw,
     ):
         work = await every_state(channel)

@@ -21,6 +21,7 @@ from dispatcher.lifecycle.flavors import Flavors
 from dispatcher.lifecycle.jobs import Jobs, encode_page_token
 from dispatcher.lifecycle.schedules import Schedules
 from dispatcher.lifecycle.sessions import Sessions
+from dispatcher.lifecycle.tokens import Tokens
 from dispatcher.runners.hub import Hub
 from dispatcher.v1 import admin_pb2, admin_pb2_grpc
 
@@ -56,7 +57,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         clock: Clock,
         identity: ServerIdentity,
         rules: RuleServices,
+        tokens: Tokens,
     ) -> None:
+        self._tokens = tokens
         self._jobs = jobs
         self._sessions = sessions
         self._hub = hub
@@ -263,6 +266,28 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ClearBackoffResponse:
         await self._rules.backoffs.clear(request.subject, request.process)
         return admin_pb2.ClearBackoffResponse()
+
+    async def CreateToken(
+        self, request: admin_pb2.CreateTokenRequest, context: Context
+    ) -> admin_pb2.CreateTokenResponse:
+        created = await self._tokens.create(request.name, convert.role_from_proto(request.role))
+        return admin_pb2.CreateTokenResponse(
+            token=convert.token_to_proto(created.token), secret=created.secret
+        )
+
+    async def ListTokens(
+        self, request: admin_pb2.ListTokensRequest, context: Context
+    ) -> admin_pb2.ListTokensResponse:
+        tokens = await self._tokens.list()
+        return admin_pb2.ListTokensResponse(tokens=[convert.token_to_proto(t) for t in tokens])
+
+    async def DeleteToken(
+        self, request: admin_pb2.DeleteTokenRequest, context: Context
+    ) -> admin_pb2.DeleteTokenResponse:
+        if not request.name:
+            raise InvalidInput("name is required: the token's name (see ListTokens)")
+        token = await self._tokens.delete(request.name)
+        return admin_pb2.DeleteTokenResponse(token=convert.token_to_proto(token))
 
 
 def _require_name(name: str) -> None:

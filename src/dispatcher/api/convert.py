@@ -31,6 +31,7 @@ from dispatcher.domain.model import (
     ScheduleState,
 )
 from dispatcher.domain.states import DEFAULT_ON_LOST, JobState, OnLostPolicy, Outcome
+from dispatcher.domain.tokens import Role, Token
 from dispatcher.v1 import admin_pb2, scheduler_pb2, types_pb2
 
 E = TypeVar("E")
@@ -63,6 +64,13 @@ _OUTCOME = {
 }
 _OUTCOME_PB = {v: k for k, v in _OUTCOME.items()}
 
+_ROLE = {
+    admin_pb2.TOKEN_ROLE_RUNNER: Role.RUNNER,
+    admin_pb2.TOKEN_ROLE_DISTRIBUTOR: Role.DISTRIBUTOR,
+    admin_pb2.TOKEN_ROLE_ADMIN: Role.ADMIN,
+}
+_ROLE_PB = {v: k for k, v in _ROLE.items()}
+
 _RUNNER_STATE_PB = {
     RunnerState.ONLINE: types_pb2.RUNNER_STATE_ONLINE,
     RunnerState.DRAINING: types_pb2.RUNNER_STATE_DRAINING,
@@ -81,10 +89,16 @@ def _enum(table: Mapping[Any, E], value: int, field: str, enum_name: str) -> E:
         raise InvalidInput(f"{field}: unknown value {value}; use one of {names}") from None
 
 
-def _time(ts: Timestamp, *, present: bool) -> datetime | None:
+def _time(ts: Timestamp, *, present: bool, field: str) -> datetime | None:
     if not present:
         return None
-    return ts.ToDatetime(tzinfo=UTC)
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInput(
+            f"{field}: not a valid time (seconds {ts.seconds}, nanos {ts.nanos}); "
+            "use years 1 to 9999"
+        ) from None
 
 
 def _duration(value: Duration, *, present: bool, field: str) -> timedelta | None:
@@ -128,11 +142,15 @@ def spec_from_proto(spec: types_pb2.JobSpec) -> JobSpec:
         labels=frozenset(spec.labels),
         payload=spec.payload,
         priority=spec.priority,
-        not_before=_time(spec.not_before, present=spec.HasField("not_before")),
+        not_before=_time(
+            spec.not_before, present=spec.HasField("not_before"), field="spec.not_before"
+        ),
         coalesce_keys=frozenset(spec.coalesce_keys),
         dedupe_key=spec.dedupe_key,
         idempotency_key=spec.idempotency_key,
-        origin_time=_time(spec.origin_time, present=spec.HasField("origin_time")),
+        origin_time=_time(
+            spec.origin_time, present=spec.HasField("origin_time"), field="spec.origin_time"
+        ),
         distributor=spec.distributor,
         on_lost=on_lost,
         retry=_retry_from_proto(spec.retry) if spec.HasField("retry") else DEFAULT_RETRY,
@@ -197,8 +215,16 @@ def filter_from_proto(request: admin_pb2.ListJobsRequest) -> JobFilter:
         platform=request.platform,
         labels=frozenset(request.labels),
         runner=request.runner,
-        created_after=_time(request.created_after, present=request.HasField("created_after")),
-        created_before=_time(request.created_before, present=request.HasField("created_before")),
+        created_after=_time(
+            request.created_after,
+            present=request.HasField("created_after"),
+            field="created_after",
+        ),
+        created_before=_time(
+            request.created_before,
+            present=request.HasField("created_before"),
+            field="created_before",
+        ),
     )
 
 
@@ -211,6 +237,14 @@ def hello_from_proto(hello: scheduler_pb2.Hello) -> RunnerHello:
         version=hello.version,
         resume_token=hello.resume_token,
     )
+
+
+def role_from_proto(value: int) -> Role:
+    try:
+        return _ROLE[value]  # type: ignore[index]
+    except KeyError:
+        names = ", ".join(admin_pb2.TokenRole.Name(n) for n in sorted(_ROLE))
+        raise InvalidInput(f"role: unknown value {value}; use one of {names}") from None
 
 
 def outcome_from_proto(value: int) -> Outcome:
@@ -389,4 +423,14 @@ def explanation_to_proto(explanation: Explanation) -> admin_pb2.ExplainJobRespon
             )
             for r in explanation.reasons
         ],
+    )
+
+
+def token_to_proto(token: Token) -> admin_pb2.Token:
+    return admin_pb2.Token(
+        id=token.id,
+        name=token.name,
+        role=_ROLE_PB[token.role],
+        created_at=_ts(token.created_at),
+        last_used_at=_ts(token.last_used_at),
     )

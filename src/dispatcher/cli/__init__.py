@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from dispatcher import __version__
-from dispatcher.cli import jobs, rules, server
+from dispatcher.cli import jobs, rules, server, tokens
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,3 +17,4 @@ def main() -> None:
 server.register(main)
 jobs.register(main)
 rules.register(main, jobs.jobs)
+tokens.register(main)

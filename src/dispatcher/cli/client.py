@@ -1,8 +1,9 @@
 """The CLI's connection to a dispatcher's Admin service, and what a failed call becomes.
 
 ``admin_command`` is the one place that adds the connection options (``--server``,
-``--token``, ``--ca-file``) to a command, opens the channel, and turns a failed call
-into a one-line message and an exit code (the table in ``EXIT_CODES``).
+``--token``, ``--ca-file``, ``--cert-file``, ``--key-file``) to a command, opens the
+channel, and turns a failed call into a one-line message and an exit code (the table
+in ``EXIT_CODES``).
 """
 
 from __future__ import annotations
@@ -68,11 +69,22 @@ class Endpoint:
     server: str
     token: str | None = None
     ca_file: Path | None = None
+    # Mutual TLS: this client's certificate chain and key (PEM).
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     def channel(self) -> grpc.Channel:
         if self.ca_file is None:
+            if self.cert_file is not None:
+                raise click.UsageError("--cert-file needs --ca-file (TLS)")
             return grpc.insecure_channel(self.server)
-        credentials = grpc.ssl_channel_credentials(root_certificates=self.ca_file.read_bytes())
+        if (self.cert_file is None) != (self.key_file is None):
+            raise click.UsageError("--cert-file and --key-file go together")
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes(),
+            private_key=self.key_file.read_bytes() if self.key_file else None,
+            certificate_chain=self.cert_file.read_bytes() if self.cert_file else None,
+        )
         return grpc.secure_channel(self.server, credentials)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -128,6 +140,19 @@ class Admin:
             )
         )
 
+    def create_token(
+        self, name: str, role: admin_pb2.TokenRole.ValueType
+    ) -> admin_pb2.CreateTokenResponse:
+        request = admin_pb2.CreateTokenRequest(name=name, role=role)
+        return self._stub.CreateToken(request, **self._kwargs)
+
+    def list_tokens(self) -> list[admin_pb2.Token]:
+        return list(self._stub.ListTokens(admin_pb2.ListTokensRequest(), **self._kwargs).tokens)
+
+    def delete_token(self, name: str) -> admin_pb2.Token:
+        request = admin_pb2.DeleteTokenRequest(name=name)
+        return self._stub.DeleteToken(request, **self._kwargs).token
+
 
 def describe_rpc_error(error: grpc.RpcError, server: str) -> CliFailure:
     """``NOT_FOUND: job 9 does not exist`` with the exit code its status code means."""
@@ -150,8 +175,8 @@ def connect(endpoint: Endpoint) -> Iterator[Admin]:
         raise describe_rpc_error(error, endpoint.server) from None
 
 
-def admin_command(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the connection options to a click command and pass it ``admin=Admin``."""
+def endpoint_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the connection options to a click command and pass it ``endpoint=Endpoint``."""
 
     @click.option(
         "--server",
@@ -173,11 +198,41 @@ def admin_command(func: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         help="Use TLS, trusting this CA bundle (PEM) [env DISPATCHER_CA_FILE].",
     )
+    @click.option(
+        "--cert-file",
+        envvar="DISPATCHER_CERT_FILE",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Mutual TLS: this client's certificate (PEM) [env DISPATCHER_CERT_FILE].",
+    )
+    @click.option(
+        "--key-file",
+        envvar="DISPATCHER_KEY_FILE",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Mutual TLS: the certificate's private key (PEM) [env DISPATCHER_KEY_FILE].",
+    )
     @functools.wraps(func)
     def wrapper(
-        *args: Any, server: str, token: str | None, ca_file: Path | None, **kwargs: Any
+        *args: Any,
+        server: str,
+        token: str | None,
+        ca_file: Path | None,
+        cert_file: Path | None,
+        key_file: Path | None,
+        **kwargs: Any,
     ) -> Any:
-        with connect(Endpoint(server, token, ca_file)) as admin:
+        endpoint = Endpoint(server, token, ca_file, cert_file, key_file)
+        return func(*args, endpoint=endpoint, **kwargs)
+
+    return wrapper
+
+
+def admin_command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the connection options to a click command and pass it ``admin=Admin``."""
+
+    @endpoint_options
+    @functools.wraps(func)
+    def wrapper(*args: Any, endpoint: Endpoint, **kwargs: Any) -> Any:
+        with connect(endpoint) as admin:
             return func(*args, admin=admin, **kwargs)
 
     return wrapper

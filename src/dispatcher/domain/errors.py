@@ -24,8 +24,16 @@ class Conflict(DispatcherError):
     """The request is valid but the object's current state does not allow it."""
 
 
+class AlreadyExists(Conflict):
+    """An object with that name exists already."""
+
+
 class StaleExecution(Conflict):
     """A message about an execution that is not (or no longer) its job's current one."""
+
+
+class Unauthenticated(DispatcherError):
+    """The caller did not prove who it is: no token, or one that is unknown or deleted."""
 
 
 class PermissionDenied(DispatcherError):

@@ -29,6 +29,7 @@ from sqlalchemy.types import TypeDecorator
 
 from dispatcher.domain.model import RunnerState, ScheduleState
 from dispatcher.domain.states import JobState, OnLostPolicy, Outcome
+from dispatcher.domain.tokens import Role
 
 metadata = MetaData(
     naming_convention={
@@ -367,3 +368,17 @@ job_events = Table(
     Column("at", UtcDateTime, nullable=False),
 )
 Index("ix_job_events_job_id", job_events.c.job_id, job_events.c.id)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    # Part of the secret (dsp_<id>_...), so a check reads one row by its key.
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    # SHA-256 of the secret's random part (hex); the secret itself is never stored.
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("last_used_at", UtcDateTime),
+    CheckConstraint(_one_of("role", Role), name="role"),
+)

@@ -29,7 +29,10 @@ class AdminStub:
     """Admin is for other services (forge webhook receivers, import schedulers,
     autoscalers) and for operators (CLI, grpcurl). SPEC §8.
 
-    Called by: holders of an admin token in the `authorization` metadata.
+    Called by: holders of an admin token, sent as `authorization: Bearer <token>`
+    metadata on every call. Without a token (or with an unknown or deleted one) every
+    RPC here answers UNAUTHENTICATED; with a runner or distributor token,
+    PERMISSION_DENIED. Both change nothing.
     """
 
     def __init__(self, channel):
@@ -163,13 +166,31 @@ class AdminStub:
                 request_serializer=dispatcher_dot_v1_dot_admin__pb2.ClearBackoffRequest.SerializeToString,
                 response_deserializer=dispatcher_dot_v1_dot_admin__pb2.ClearBackoffResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/dispatcher.v1.Admin/CreateToken',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/dispatcher.v1.Admin/ListTokens',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.DeleteToken = channel.unary_unary(
+                '/dispatcher.v1.Admin/DeleteToken',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.DeleteTokenRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.DeleteTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
     """Admin is for other services (forge webhook receivers, import schedulers,
     autoscalers) and for operators (CLI, grpcurl). SPEC §8.
 
-    Called by: holders of an admin token in the `authorization` metadata.
+    Called by: holders of an admin token, sent as `authorization: Bearer <token>`
+    metadata on every call. Without a token (or with an unknown or deleted one) every
+    RPC here answers UNAUTHENTICATED; with a runner or distributor token,
+    PERMISSION_DENIED. Both change nothing.
     """
 
     def SubmitJob(self, request, context):
@@ -412,6 +433,39 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """CreateToken makes a token for a runner, a distributor backend or an admin.
+
+        Changes: stores the token's name, role and a hash of its secret. The response
+        carries the secret: the only time it is ever shown.
+        Status codes: INVALID_ARGUMENT (no or bad name, no role), ALREADY_EXISTS (a
+        token with that name exists).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """ListTokens lists tokens by name: never a secret, never a hash.
+
+        Changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteToken(self, request, context):
+        """DeleteToken deletes a token.
+
+        Changes: removes the token. New calls with it are refused (UNAUTHENTICATED) at
+        once on this replica and within seconds on others; its open streams (runner
+        sessions) are closed within seconds. Status codes: INVALID_ARGUMENT (no name),
+        NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -540,6 +594,21 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=dispatcher_dot_v1_dot_admin__pb2.ClearBackoffRequest.FromString,
                     response_serializer=dispatcher_dot_v1_dot_admin__pb2.ClearBackoffResponse.SerializeToString,
             ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.CreateTokenRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.ListTokensRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'DeleteToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteToken,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.DeleteTokenRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.DeleteTokenResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'dispatcher.v1.Admin', rpc_method_handlers)
@@ -552,7 +621,10 @@ class Admin:
     """Admin is for other services (forge webhook receivers, import schedulers,
     autoscalers) and for operators (CLI, grpcurl). SPEC §8.
 
-    Called by: holders of an admin token in the `authorization` metadata.
+    Called by: holders of an admin token, sent as `authorization: Bearer <token>`
+    metadata on every call. Without a token (or with an unknown or deleted one) every
+    RPC here answers UNAUTHENTICATED; with a runner or distributor token,
+    PERMISSION_DENIED. Both change nothing.
     """
 
     @staticmethod
@@ -1220,6 +1292,87 @@ class Admin:
             '/dispatcher.v1.Admin/ClearBackoff',
             dispatcher_dot_v1_dot_admin__pb2.ClearBackoffRequest.SerializeToString,
             dispatcher_dot_v1_dot_admin__pb2.ClearBackoffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/CreateToken',
+            dispatcher_dot_v1_dot_admin__pb2.CreateTokenRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/ListTokens',
+            dispatcher_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/DeleteToken',
+            dispatcher_dot_v1_dot_admin__pb2.DeleteTokenRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.DeleteTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

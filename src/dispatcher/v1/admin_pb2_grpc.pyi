@@ -30,7 +30,10 @@ class AdminStub:
     """Admin is for other services (forge webhook receivers, import schedulers,
     autoscalers) and for operators (CLI, grpcurl). SPEC §8.
 
-    Called by: holders of an admin token in the `authorization` metadata.
+    Called by: holders of an admin token, sent as `authorization: Bearer <token>`
+    metadata on every call. Without a token (or with an unknown or deleted one) every
+    RPC here answers UNAUTHENTICATED; with a runner or distributor token,
+    PERMISSION_DENIED. Both change nothing.
     """
 
     @_typing.overload
@@ -177,13 +180,37 @@ class AdminStub:
     """ClearBackoff ends a back-off now; the jobs it held become runnable.
     Status codes: INVALID_ARGUMENT (no subject), NOT_FOUND.
     """
+    CreateToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateTokenRequest, _admin_pb2.CreateTokenResponse]
+    """CreateToken makes a token for a runner, a distributor backend or an admin.
+
+    Changes: stores the token's name, role and a hash of its secret. The response
+    carries the secret: the only time it is ever shown.
+    Status codes: INVALID_ARGUMENT (no or bad name, no role), ALREADY_EXISTS (a
+    token with that name exists).
+    """
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListTokensRequest, _admin_pb2.ListTokensResponse]
+    """ListTokens lists tokens by name: never a secret, never a hash.
+
+    Changes nothing.
+    """
+    DeleteToken: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteTokenRequest, _admin_pb2.DeleteTokenResponse]
+    """DeleteToken deletes a token.
+
+    Changes: removes the token. New calls with it are refused (UNAUTHENTICATED) at
+    once on this replica and within seconds on others; its open streams (runner
+    sessions) are closed within seconds. Status codes: INVALID_ARGUMENT (no name),
+    NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
     """Admin is for other services (forge webhook receivers, import schedulers,
     autoscalers) and for operators (CLI, grpcurl). SPEC §8.
 
-    Called by: holders of an admin token in the `authorization` metadata.
+    Called by: holders of an admin token, sent as `authorization: Bearer <token>`
+    metadata on every call. Without a token (or with an unknown or deleted one) every
+    RPC here answers UNAUTHENTICATED; with a runner or distributor token,
+    PERMISSION_DENIED. Both change nothing.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -327,12 +354,36 @@ class AdminAsyncStub(AdminStub):
     """ClearBackoff ends a back-off now; the jobs it held become runnable.
     Status codes: INVALID_ARGUMENT (no subject), NOT_FOUND.
     """
+    CreateToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateTokenRequest, _admin_pb2.CreateTokenResponse]  # type: ignore[assignment]
+    """CreateToken makes a token for a runner, a distributor backend or an admin.
+
+    Changes: stores the token's name, role and a hash of its secret. The response
+    carries the secret: the only time it is ever shown.
+    Status codes: INVALID_ARGUMENT (no or bad name, no role), ALREADY_EXISTS (a
+    token with that name exists).
+    """
+    ListTokens: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListTokensRequest, _admin_pb2.ListTokensResponse]  # type: ignore[assignment]
+    """ListTokens lists tokens by name: never a secret, never a hash.
+
+    Changes nothing.
+    """
+    DeleteToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteTokenRequest, _admin_pb2.DeleteTokenResponse]  # type: ignore[assignment]
+    """DeleteToken deletes a token.
+
+    Changes: removes the token. New calls with it are refused (UNAUTHENTICATED) at
+    once on this replica and within seconds on others; its open streams (runner
+    sessions) are closed within seconds. Status codes: INVALID_ARGUMENT (no name),
+    NOT_FOUND.
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Admin is for other services (forge webhook receivers, import schedulers,
     autoscalers) and for operators (CLI, grpcurl). SPEC §8.
 
-    Called by: holders of an admin token in the `authorization` metadata.
+    Called by: holders of an admin token, sent as `authorization: Bearer <token>`
+    metadata on every call. Without a token (or with an unknown or deleted one) every
+    RPC here answers UNAUTHENTICATED; with a runner or distributor token,
+    PERMISSION_DENIED. Both change nothing.
     """
 
     @_abc_1.abstractmethod
@@ -623,6 +674,45 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.ClearBackoffResponse, _abc.Awaitable[_admin_pb2.ClearBackoffResponse]]:
         """ClearBackoff ends a back-off now; the jobs it held become runnable.
         Status codes: INVALID_ARGUMENT (no subject), NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateToken(
+        self,
+        request: _admin_pb2.CreateTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateTokenResponse, _abc.Awaitable[_admin_pb2.CreateTokenResponse]]:
+        """CreateToken makes a token for a runner, a distributor backend or an admin.
+
+        Changes: stores the token's name, role and a hash of its secret. The response
+        carries the secret: the only time it is ever shown.
+        Status codes: INVALID_ARGUMENT (no or bad name, no role), ALREADY_EXISTS (a
+        token with that name exists).
+        """
+
+    @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _admin_pb2.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListTokensResponse, _abc.Awaitable[_admin_pb2.ListTokensResponse]]:
+        """ListTokens lists tokens by name: never a secret, never a hash.
+
+        Changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteToken(
+        self,
+        request: _admin_pb2.DeleteTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteTokenResponse, _abc.Awaitable[_admin_pb2.DeleteTokenResponse]]:
+        """DeleteToken deletes a token.
+
+        Changes: removes the token. New calls with it are refused (UNAUTHENTICATED) at
+        once on this replica and within seconds on others; its open streams (runner
+        sessions) are closed within seconds. Status codes: INVALID_ARGUMENT (no name),
+        NOT_FOUND.
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class DistributorStub:
     """Distributor is for external execution backends (SPEC §7).
+
+    Every call carries a distributor token as `authorization: Bearer <token>`
+    metadata; ListDistributors also takes an admin token. No, unknown or deleted
+    token: UNAUTHENTICATED; another role's token: PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -49,6 +53,10 @@ class DistributorStub:
 
 class DistributorServicer:
     """Distributor is for external execution backends (SPEC §7).
+
+    Every call carries a distributor token as `authorization: Bearer <token>`
+    metadata; ListDistributors also takes an admin token. No, unknown or deleted
+    token: UNAUTHENTICATED; another role's token: PERMISSION_DENIED.
     """
 
     def Notify(self, request, context):
@@ -71,7 +79,8 @@ class DistributorServicer:
     def ListDistributors(self, request, context):
         """ListDistributors lists the distributor instances this dispatcher runs jobs on.
 
-        Called by: backends and operators. Changes nothing. Status codes: none beyond auth.
+        Called by: backends (distributor token) and operators (admin token). Changes
+        nothing. Status codes: none beyond auth.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +109,10 @@ def add_DistributorServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Distributor:
     """Distributor is for external execution backends (SPEC §7).
+
+    Every call carries a distributor token as `authorization: Bearer <token>`
+    metadata; ListDistributors also takes an admin token. No, unknown or deleted
+    token: UNAUTHENTICATED; another role's token: PERMISSION_DENIED.
     """
 
     @staticmethod

@@ -27,7 +27,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class DistributorStub:
-    """Distributor is for external execution backends (SPEC §7)."""
+    """Distributor is for external execution backends (SPEC §7).
+
+    Every call carries a distributor token as `authorization: Bearer <token>`
+    metadata; ListDistributors also takes an admin token. No, unknown or deleted
+    token: UNAUTHENTICATED; another role's token: PERMISSION_DENIED.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -49,12 +54,18 @@ class DistributorStub:
     ListDistributors: _grpc.UnaryUnaryMultiCallable[_distributor_pb2.ListDistributorsRequest, _distributor_pb2.ListDistributorsResponse]
     """ListDistributors lists the distributor instances this dispatcher runs jobs on.
 
-    Called by: backends and operators. Changes nothing. Status codes: none beyond auth.
+    Called by: backends (distributor token) and operators (admin token). Changes
+    nothing. Status codes: none beyond auth.
     """
 
 @_typing.type_check_only
 class DistributorAsyncStub(DistributorStub):
-    """Distributor is for external execution backends (SPEC §7)."""
+    """Distributor is for external execution backends (SPEC §7).
+
+    Every call carries a distributor token as `authorization: Bearer <token>`
+    metadata; ListDistributors also takes an admin token. No, unknown or deleted
+    token: UNAUTHENTICATED; another role's token: PERMISSION_DENIED.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Notify: _aio.UnaryUnaryMultiCallable[_distributor_pb2.NotifyRequest, _distributor_pb2.NotifyResponse]  # type: ignore[assignment]
@@ -73,11 +84,17 @@ class DistributorAsyncStub(DistributorStub):
     ListDistributors: _aio.UnaryUnaryMultiCallable[_distributor_pb2.ListDistributorsRequest, _distributor_pb2.ListDistributorsResponse]  # type: ignore[assignment]
     """ListDistributors lists the distributor instances this dispatcher runs jobs on.
 
-    Called by: backends and operators. Changes nothing. Status codes: none beyond auth.
+    Called by: backends (distributor token) and operators (admin token). Changes
+    nothing. Status codes: none beyond auth.
     """
 
 class DistributorServicer(metaclass=_abc_1.ABCMeta):
-    """Distributor is for external execution backends (SPEC §7)."""
+    """Distributor is for external execution backends (SPEC §7).
+
+    Every call carries a distributor token as `authorization: Bearer <token>`
+    metadata; ListDistributors also takes an admin token. No, unknown or deleted
+    token: UNAUTHENTICATED; another role's token: PERMISSION_DENIED.
+    """
 
     @_abc_1.abstractmethod
     def Notify(
@@ -106,7 +123,8 @@ class DistributorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_distributor_pb2.ListDistributorsResponse, _abc.Awaitable[_distributor_pb2.ListDistributorsResponse]]:
         """ListDistributors lists the distributor instances this dispatcher runs jobs on.
 
-        Called by: backends and operators. Changes nothing. Status codes: none beyond auth.
+        Called by: backends (distributor token) and operators (admin token). Changes
+        nothing. Status codes: none beyond auth.
         """
 
 def add_DistributorServicer_to_server(servicer: DistributorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

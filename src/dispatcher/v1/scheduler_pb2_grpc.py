@@ -51,7 +51,11 @@ class SchedulerServicer:
     def Connect(self, request_iterator, context):
         """Connect opens a runner's session.
 
-        Called by: runners, with a runner token in the `authorization` metadata.
+        Called by: runners, with a runner token as `authorization: Bearer <token>`
+        metadata (no, unknown or deleted token: UNAUTHENTICATED; another role's token:
+        PERMISSION_DENIED). When the token is deleted, the stream ends UNAUTHENTICATED
+        within seconds. RESOURCE_EXHAUSTED when the token already holds the most open
+        streams allowed (limits.max_streams_per_token).
         Flow: the first message must be a Hello; the dispatcher answers Welcome and
         then sends Assign whenever the runner has a free slot. Every message about an
         execution carries its execution id; a message about an execution that is not

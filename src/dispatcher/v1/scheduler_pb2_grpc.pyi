@@ -38,7 +38,11 @@ class SchedulerStub:
     Connect: _grpc.StreamStreamMultiCallable[_scheduler_pb2.ConnectRequest, _scheduler_pb2.ConnectResponse]
     """Connect opens a runner's session.
 
-    Called by: runners, with a runner token in the `authorization` metadata.
+    Called by: runners, with a runner token as `authorization: Bearer <token>`
+    metadata (no, unknown or deleted token: UNAUTHENTICATED; another role's token:
+    PERMISSION_DENIED). When the token is deleted, the stream ends UNAUTHENTICATED
+    within seconds. RESOURCE_EXHAUSTED when the token already holds the most open
+    streams allowed (limits.max_streams_per_token).
     Flow: the first message must be a Hello; the dispatcher answers Welcome and
     then sends Assign whenever the runner has a free slot. Every message about an
     execution carries its execution id; a message about an execution that is not
@@ -62,7 +66,11 @@ class SchedulerAsyncStub(SchedulerStub):
     Connect: _aio.StreamStreamMultiCallable[_scheduler_pb2.ConnectRequest, _scheduler_pb2.ConnectResponse]  # type: ignore[assignment]
     """Connect opens a runner's session.
 
-    Called by: runners, with a runner token in the `authorization` metadata.
+    Called by: runners, with a runner token as `authorization: Bearer <token>`
+    metadata (no, unknown or deleted token: UNAUTHENTICATED; another role's token:
+    PERMISSION_DENIED). When the token is deleted, the stream ends UNAUTHENTICATED
+    within seconds. RESOURCE_EXHAUSTED when the token already holds the most open
+    streams allowed (limits.max_streams_per_token).
     Flow: the first message must be a Hello; the dispatcher answers Welcome and
     then sends Assign whenever the runner has a free slot. Every message about an
     execution carries its execution id; a message about an execution that is not
@@ -89,7 +97,11 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.ConnectResponse], _abc.AsyncIterator[_scheduler_pb2.ConnectResponse]]:
         """Connect opens a runner's session.
 
-        Called by: runners, with a runner token in the `authorization` metadata.
+        Called by: runners, with a runner token as `authorization: Bearer <token>`
+        metadata (no, unknown or deleted token: UNAUTHENTICATED; another role's token:
+        PERMISSION_DENIED). When the token is deleted, the stream ends UNAUTHENTICATED
+        within seconds. RESOURCE_EXHAUSTED when the token already holds the most open
+        streams allowed (limits.max_streams_per_token).
         Flow: the first message must be a Hello; the dispatcher answers Welcome and
         then sends Assign whenever the runner has a free slot. Every message about an
         execution carries its execution id; a message about an execution that is not
