@@ -3,6 +3,7 @@ to call any of them with raw bytes so that tests need no per-method code."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,10 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+# How long an answering stream may stay quiet before the caller counts it as alive.
+QUIET_STREAM_SECONDS = 0.5
+
+
 async def call_raw(
     channel: grpc.aio.Channel,
     rpc: Rpc,
@@ -89,12 +94,18 @@ async def call_raw(
             call = channel.unary_stream(rpc.path, **kwargs)(
                 payloads[0], metadata=metadata, timeout=deadline_seconds
             )
-        received = 0
-        async for _ in call:
-            received += 1
-            if received >= max_responses:
-                call.cancel()
+        # A stream that keeps answering, or stays open quietly after answering (a watch
+        # waiting for the next change), is alive: we end it ourselves.
+        for received in range(max_responses):
+            try:
+                message = await asyncio.wait_for(
+                    call.read(), None if received == 0 else QUIET_STREAM_SECONDS
+                )
+            except TimeoutError:
+                break
+            if message is grpc.aio.EOF:
                 return grpc.StatusCode.OK, ""
+        call.cancel()
         return grpc.StatusCode.OK, ""
     except grpc.aio.AioRpcError as error:
         return error.code(), error.details() or ""
