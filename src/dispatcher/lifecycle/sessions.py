@@ -186,7 +186,7 @@ class Sessions:
         for session_id in store.orphaned_attached_sessions(conn, self._ctx.replica_id, now):
             store.detach_session(conn, session_id, now)
         for session_id in store.attached_sessions_silent_since(
-            conn, now - deadlines.heartbeat_timeout
+            conn, self._ctx.replica_id, now - deadlines.heartbeat_timeout
         ):
             self._close(conn, session_id, "no heartbeat within the deadline")
             report.closed_sessions.append(session_id)

@@ -175,11 +175,19 @@ def sessions_detached_before(conn: Connection, cutoff: datetime) -> list[int]:
     return list(rows.scalars())
 
 
-def attached_sessions_silent_since(conn: Connection, cutoff: datetime) -> list[int]:
-    """Attached sessions whose last heartbeat is older than ``cutoff``."""
+def attached_sessions_silent_since(
+    conn: Connection, replica_id: str, cutoff: datetime
+) -> list[int]:
+    """Attached sessions of ``replica_id`` whose last heartbeat is older than ``cutoff``.
+    Only the replica holding a stream judges its silence: when that replica dies, the
+    silence is its fault, not the runner's, so its sessions are detached at the end of
+    its lease and keep their re-attach grace."""
     rows = conn.execute(
         select(_S.id).where(
-            _S.closed_at.is_(None), _S.detached_at.is_(None), _S.last_seen_at < cutoff
+            _S.replica_id == replica_id,
+            _S.closed_at.is_(None),
+            _S.detached_at.is_(None),
+            _S.last_seen_at < cutoff,
         )
     )
     return list(rows.scalars())
