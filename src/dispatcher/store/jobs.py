@@ -253,9 +253,10 @@ def claimable_jobs(
     query = (
         select(_J.id)
         .where(
+            # QUEUED jobs are due by construction (the due loop queues them), so the
+            # order is read straight off ix_jobs_claim_order without a due filter.
             _J.state == JobState.QUEUED.value,
             _J.platform == platform,
-            _J.not_before <= now,
             ~_foreign_label(labels),
             ~_coalesce_blocked(),
         )
