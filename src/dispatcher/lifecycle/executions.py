@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import Connection
 
 from dispatcher.domain.errors import InvalidInput
-from dispatcher.domain.model import Execution, Job, ResultReport, Verdict
+from dispatcher.domain.model import Job, ResultReport, Verdict
 from dispatcher.domain.rules import retry_delay
 from dispatcher.domain.states import (
     CONFIRM_CANCEL,
@@ -191,27 +191,26 @@ def _back_off(
 
 def _fence(
     conn: Connection, session_id: int, execution_id: int, now: datetime, runner: str, what: str
-) -> tuple[Job, Execution] | Verdict:
-    """The job and execution when ``execution_id`` may speak for its job; otherwise the
-    refusal (recorded in the job's history when the job exists)."""
+) -> tuple[Job] | Verdict:
+    """The job when ``execution_id`` may speak for it; otherwise the refusal (recorded
+    in the job's history when the job exists)."""
     if execution_id <= 0:
         return Verdict(False, f"{what} without an execution id refused")
-    execution = store.get_execution(conn, execution_id)
-    if execution is None:
+    found = store.reported(conn, execution_id)
+    if found is None:
         return Verdict(False, f"execution {execution_id} does not exist; {what} refused")
-    job = store.get_job(conn, execution.job_id, for_update=True)
+    job = found.job
     actor = f"runner:{runner}"
     if (
-        job is None
-        or job.state is not JobState.BUILDING
+        job.state is not JobState.BUILDING
         or job.current_execution_id != execution_id
-        or execution.finished_at is not None
+        or (found.finished)
     ):
-        reason = refuse_stale(conn, execution.job_id, execution_id, now, actor=actor, what=what)
-        return Verdict(False, reason, job_id=execution.job_id)
-    if execution.session_id != session_id:
+        reason = refuse_stale(conn, job.id, execution_id, now, actor=actor, what=what)
+        return Verdict(False, reason, job_id=job.id)
+    if found.session_id != session_id:
         reason = refuse_stale(
             conn, job.id, execution_id, now, actor=actor, what=f"{what} from another session"
         )
         return Verdict(False, reason, job_id=job.id)
-    return job, execution
+    return (job,)

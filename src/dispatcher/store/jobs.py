@@ -7,7 +7,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from dispatcher.domain.model import Execution, Job, JobEvent, JobFilter, JobSpec, RetryPolicy
 from dispatcher.domain.states import (
@@ -86,8 +98,10 @@ class NewJob:
 
 
 def insert_jobs(conn: Connection, new: Sequence[NewJob], now: datetime) -> list[int]:
-    """Insert jobs and return their ids, in order."""
-    ids: list[int] = []
+    """Insert jobs and return their ids, in order: one statement for the whole batch."""
+    if not new:
+        return []
+    rows = []
     for job in new:
         spec = job.spec
         values = _spec_values(spec)
@@ -103,7 +117,8 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], now: datetime) -> list[
             finished_at=now if job.state.terminal else None,
             expires_at=now + spec.max_wait if spec.max_wait else None,
         )
-        ids.append(conn.execute(insert(jobs).returning(_J.id), values).scalar_one())
+        rows.append(values)
+    ids = list(conn.execute(_INSERT_JOBS, rows).scalars())
     labels = [
         {"job_id": i, "label": label}
         for i, job in zip(ids, new, strict=True)
@@ -119,6 +134,10 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], now: datetime) -> list[
     if keys:
         conn.execute(insert(job_coalesce_keys), keys)
     return ids
+
+
+# Built once: a statement object keeps its compiled form and cache key.
+_INSERT_JOBS = insert(jobs).returning(_J.id, sort_by_parameter_order=True)
 
 
 def job_id_by_idempotency_key(conn: Connection, key: str) -> int | None:
@@ -191,12 +210,51 @@ def _to_job(row: Row[Any]) -> Job:
     )
 
 
+_GET_JOB = _job_query().where(_J.id == bindparam("job_id"))
+_GET_JOB_FOR_UPDATE = _GET_JOB.with_for_update(of=jobs)
+
+
 def get_job(conn: Connection, job_id: int, *, for_update: bool = False) -> Job | None:
-    query = _job_query().where(_J.id == job_id)
-    if for_update and conn.dialect.name == "postgresql":
-        query = query.with_for_update(of=jobs)
-    row = conn.execute(query).first()
+    locking = for_update and conn.dialect.name == "postgresql"
+    row = conn.execute(_GET_JOB_FOR_UPDATE if locking else _GET_JOB, {"job_id": job_id}).first()
     return _to_job(row) if row else None
+
+
+@dataclass(frozen=True)
+class Reported:
+    """What fencing needs about an execution a runner reports on, and its job."""
+
+    job: Job
+    session_id: int | None
+    finished: bool
+
+
+_REPORTED = executions.alias("reported")
+_FENCE = (
+    select(
+        *_job_columns(),
+        _REPORTED.c.session_id.label("reported_session_id"),
+        _REPORTED.c.finished_at.label("reported_finished_at"),
+    )
+    .select_from(
+        _REPORTED.join(jobs, _J.id == _REPORTED.c.job_id)
+        .outerjoin(executions, _E.id == _J.current_execution_id)
+        .outerjoin(flavors, flavors.c.id == _J.flavor_id)
+        .outerjoin(schedules, schedules.c.id == _J.schedule_id)
+    )
+    .where(_REPORTED.c.id == bindparam("execution_id"))
+)
+_FENCE_FOR_UPDATE = _FENCE.with_for_update(of=jobs)
+
+
+def reported(conn: Connection, execution_id: int) -> Reported | None:
+    """The execution a runner reports on and its job (locked on PostgreSQL), in one
+    read: the fence of every report."""
+    statement = _FENCE_FOR_UPDATE if conn.dialect.name == "postgresql" else _FENCE
+    row: Any = conn.execute(statement, {"execution_id": execution_id}).first()
+    if row is None:
+        return None
+    return Reported(_to_job(row), row.reported_session_id, row.reported_finished_at is not None)
 
 
 def get_jobs(conn: Connection, job_ids: Iterable[int]) -> dict[int, Job]:
