@@ -14,11 +14,11 @@ from sqlalchemy.exc import IntegrityError
 
 from dispatcher.domain.errors import InvalidInput, LimitExceeded, NotFound
 from dispatcher.domain.model import Assignment, Job, JobEvent, JobFilter, JobSpec, Page
-from dispatcher.domain.states import CANCEL_WAITING, CLAIM, EXPIRE, QUEUE, JobState
+from dispatcher.domain.states import CANCEL_WAITING, EXPIRE, QUEUE, JobState
 from dispatcher.domain.validation import check_spec
 from dispatcher.lifecycle.admission import Admission
 from dispatcher.lifecycle.context import Context
-from dispatcher.lifecycle.transitions import apply, event_row
+from dispatcher.lifecycle.transitions import apply, apply_claims, event_row
 from dispatcher.store import jobs as store
 from dispatcher.store import runners as runner_store
 
@@ -215,25 +215,15 @@ class Jobs:
             candidates = store.claimable_jobs(
                 conn, demand.platform, demand.labels, demand.slots, now
             )
-            for job in candidates:
-                # Two candidates may share a coalesce key; the first one holds it.
-                if not store.acquire_coalesce_holds(conn, job.id, job.spec.coalesce_keys):
-                    continue
-                deadline = now + job.spec.max_run if job.spec.max_run else None
-                execution_id = store.insert_execution(
-                    conn, job.id, job.attempt + 1, demand.runner, demand.session_id, now, deadline
-                )
-                if not apply(
-                    conn,
-                    job,
-                    CLAIM,
-                    now,
-                    actor=f"runner:{demand.runner}",
-                    info="",
-                    new_execution_id=execution_id,
-                ):
-                    raise RuntimeError(f"job {job.id} changed under a claim lock")
-                bound.append((demand.session_id, job.id))
+            # Two candidates may share a coalesce key; the first one holds it.
+            picked = [
+                job
+                for job in candidates
+                if store.acquire_coalesce_holds(conn, job.id, job.spec.coalesce_keys)
+            ]
+            # Bound per demand, so the next demand's read sees these jobs BUILDING.
+            apply_claims(conn, picked, demand.runner, demand.session_id, now)
+            bound.extend((demand.session_id, job.id) for job in picked)
         if not bound:
             return []
         jobs = store.get_jobs(conn, [job_id for _, job_id in bound])

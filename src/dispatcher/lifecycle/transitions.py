@@ -10,6 +10,7 @@ from sqlalchemy import Connection
 from dispatcher.domain.model import Job, ScheduleState
 from dispatcher.domain.rules import SchedulingRules, quarantine_for, schedule_next_due
 from dispatcher.domain.states import (
+    CLAIM,
     CONFIRM_CANCEL,
     DUPLICATE_OF_STATE,
     FAIL,
@@ -102,6 +103,47 @@ def apply(
             _settle_dedupe(conn, job, transition.target, now)
             _settle_schedule(conn, job, transition.target, now)
     return moved
+
+
+def apply_claims(
+    conn: Connection, jobs: list[Job], runner: str, session_id: int, now: datetime
+) -> None:
+    """CLAIM several QUEUED jobs for one runner session: their executions, the moves and
+    the events, a statement each for the whole batch. The caller holds the jobs' rows
+    (read FOR UPDATE, or SQLite's single writer), so every compare-and-set applies."""
+    if not jobs:
+        return
+    execution_ids = store.insert_executions(
+        conn,
+        [
+            (job.id, job.attempt + 1, runner, session_id, now + job.spec.max_run)
+            if job.spec.max_run
+            else (job.id, job.attempt + 1, runner, session_id, None)
+            for job in jobs
+        ],
+        now,
+    )
+    moved = store.move_claimed(
+        conn, list(zip([j.id for j in jobs], execution_ids, strict=True)), now
+    )
+    if moved != len(jobs):
+        raise RuntimeError(f"{len(jobs) - moved} job(s) changed under a claim lock")
+    actor = f"runner:{runner}"
+    store.insert_events(
+        conn,
+        [
+            event_row(
+                job.id,
+                CLAIM.event,
+                now,
+                actor=actor,
+                execution_id=execution_id,
+                from_state=JobState.QUEUED,
+                to_state=JobState.BUILDING,
+            )
+            for job, execution_id in zip(jobs, execution_ids, strict=True)
+        ],
+    )
 
 
 def _settle_dedupe(conn: Connection, job: Job, ended: JobState, now: datetime) -> None:

@@ -558,6 +558,26 @@ def move(
     return result.rowcount == 1
 
 
+_MOVE_CLAIMED = (
+    update(jobs)
+    .where(_J.id == bindparam("b_id"), _J.state == JobState.QUEUED.value)
+    .values(
+        state=JobState.BUILDING.value,
+        current_execution_id=bindparam("b_execution_id"),
+        attempt=_J.attempt + 1,
+        info="",
+        updated_at=bindparam("b_now"),
+    )
+)
+
+
+def move_claimed(conn: Connection, claims: Sequence[tuple[int, int]], now: datetime) -> int:
+    """QUEUED -> BUILDING for (job id, new execution id) pairs, as one executemany; the
+    compare-and-set on QUEUED stays. Returns how many rows moved."""
+    rows = [{"b_id": job_id, "b_execution_id": e, "b_now": now} for job_id, e in claims]
+    return int(conn.execute(_MOVE_CLAIMED, rows).rowcount)
+
+
 def mark_cancel_requested(conn: Connection, job_id: int, execution_id: int, now: datetime) -> bool:
     result = conn.execute(
         update(jobs)
@@ -599,6 +619,30 @@ def insert_execution(
             },
         ).scalar_one()
     )
+
+
+_INSERT_EXECUTIONS = insert(executions).returning(_E.id, sort_by_parameter_order=True)
+
+
+def insert_executions(
+    conn: Connection,
+    rows: Sequence[tuple[int, int, str, int | None, datetime | None]],
+    now: datetime,
+) -> list[int]:
+    """New executions (job id, number, runner, session id, deadline); their ids in order."""
+    values = [
+        {
+            "job_id": job_id,
+            "number": number,
+            "runner_name": runner,
+            "session_id": session_id,
+            "started_at": now,
+            "result": b"",
+            "deadline_at": deadline,
+        }
+        for job_id, number, runner, session_id, deadline in rows
+    ]
+    return list(conn.execute(_INSERT_EXECUTIONS, values).scalars())
 
 
 def get_execution(conn: Connection, execution_id: int) -> Execution | None:
