@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
+from dispatcher.store import jobs as job_store
 from dispatcher.store.database import Database
 
 T = TypeVar("T")
@@ -79,4 +80,5 @@ class GroupCommit:
 
 
 def _run_all(works: Sequence[Work], conn: Connection) -> list[Any]:
-    return [work(conn) for work in works]
+    with job_store.buffered_events(conn):
+        return [work(conn) for work in works]

@@ -29,9 +29,10 @@ from dispatcher.lifecycle.transitions import apply, count_runner_loss, event_row
 from dispatcher.store import backoffs as backoff_store
 from dispatcher.store import jobs as store
 from dispatcher.store import runners as runner_store
+from dispatcher.store.jobs import Reported
 
 # The work a fenced report does once its execution is known to speak for its job.
-Act = Callable[[Connection, Job, datetime], Verdict]
+Act = Callable[[Connection, Reported, datetime], Verdict]
 
 
 class Executions:
@@ -49,7 +50,7 @@ class Executions:
             fenced = _fence(conn, session_id, execution_id, now, runner, what)
             if isinstance(fenced, Verdict):
                 return fenced
-            return act(conn, fenced[0], now)
+            return act(conn, fenced, now)
 
         return await self._ctx.commits.submit(work)
 
@@ -64,7 +65,8 @@ class Executions:
         # schedule needs a next run): then the due loop runs at once.
         frees_waiting = False
 
-        def act(conn: Connection, job: Job, now: datetime) -> Verdict:
+        def act(conn: Connection, found: Reported, now: datetime) -> Verdict:
+            job = found.job
             nonlocal frees_waiting
             frees_waiting = bool(job.spec.dedupe_key or job.schedule)
             store.finish_execution(
@@ -76,7 +78,8 @@ class Executions:
                 logtail=report.logtail,
                 result=report.data,
             )
-            runner_store.count_good_report(conn, runner)
+            if found.runner_on_probation:
+                runner_store.count_good_report(conn, runner)
             if report.outcome is not Outcome.FAILED:
                 transition = OUTCOME_TRANSITIONS[report.outcome]
                 apply(conn, job, transition, now, actor=actor, cause=report.info)
@@ -94,14 +97,16 @@ class Executions:
         return verdict
 
     async def accept(self, session_id: int, runner: str, execution_id: int) -> Verdict:
-        def act(conn: Connection, job: Job, now: datetime) -> Verdict:
+        def act(conn: Connection, found: Reported, now: datetime) -> Verdict:
+            job = found.job
             store.mark_execution(conn, execution_id, "accepted_at", now)
             return Verdict(True, job_id=job.id)
 
         return await self._fenced(session_id, runner, execution_id, "accept", act)
 
     async def commit_point(self, session_id: int, runner: str, execution_id: int) -> Verdict:
-        def act(conn: Connection, job: Job, now: datetime) -> Verdict:
+        def act(conn: Connection, found: Reported, now: datetime) -> Verdict:
+            job = found.job
             if store.mark_execution(conn, execution_id, "committed_at", now):
                 event = event_row(
                     job.id,
@@ -119,7 +124,8 @@ class Executions:
     async def refuse(self, session_id: int, runner: str, execution_id: int, reason: str) -> Verdict:
         cause = f"refused by runner {runner}: {reason or 'no reason given'}"
 
-        def act(conn: Connection, job: Job, now: datetime) -> Verdict:
+        def act(conn: Connection, found: Reported, now: datetime) -> Verdict:
+            job = found.job
             store.finish_execution(conn, execution_id, Outcome.LOST, now, info=cause)
             apply(conn, job, REFUSE, now, actor=f"runner:{runner}", cause=cause)
             count_runner_loss(conn, runner, job.id, now, self._ctx.rules)
@@ -131,7 +137,8 @@ class Executions:
         return verdict
 
     async def cancel_ack(self, session_id: int, runner: str, execution_id: int) -> Verdict:
-        def act(conn: Connection, job: Job, now: datetime) -> Verdict:
+        def act(conn: Connection, found: Reported, now: datetime) -> Verdict:
+            job = found.job
             cause = "the runner stopped it" if job.cancel_requested else "stopped by the runner"
             store.finish_execution(conn, execution_id, Outcome.CANCELLED, now, info=cause)
             apply(conn, job, CONFIRM_CANCEL, now, actor=f"runner:{runner}", cause=cause)
@@ -191,7 +198,7 @@ def _back_off(
 
 def _fence(
     conn: Connection, session_id: int, execution_id: int, now: datetime, runner: str, what: str
-) -> tuple[Job] | Verdict:
+) -> Reported | Verdict:
     """The job when ``execution_id`` may speak for it; otherwise the refusal (recorded
     in the job's history when the job exists)."""
     if execution_id <= 0:
@@ -213,4 +220,4 @@ def _fence(
             conn, job.id, execution_id, now, actor=actor, what=f"{what} from another session"
         )
         return Verdict(False, reason, job_id=job.id)
-    return (job,)
+    return found

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,6 +40,7 @@ from dispatcher.store.tables import (
     job_events,
     job_labels,
     jobs,
+    runners,
     schedules,
 )
 
@@ -227,6 +229,8 @@ class Reported:
     job: Job
     session_id: int | None
     finished: bool
+    # The reporting runner has losses to forgive (quarantine counters not at zero).
+    runner_on_probation: bool = False
 
 
 _REPORTED = executions.alias("reported")
@@ -235,9 +239,11 @@ _FENCE = (
         *_job_columns(),
         _REPORTED.c.session_id.label("reported_session_id"),
         _REPORTED.c.finished_at.label("reported_finished_at"),
+        ((runners.c.lost_in_row > 0) | (runners.c.quarantines > 0)).label("on_probation"),
     )
     .select_from(
         _REPORTED.join(jobs, _J.id == _REPORTED.c.job_id)
+        .outerjoin(runners, runners.c.name == _REPORTED.c.runner_name)
         .outerjoin(executions, _E.id == _J.current_execution_id)
         .outerjoin(flavors, flavors.c.id == _J.flavor_id)
         .outerjoin(schedules, schedules.c.id == _J.schedule_id)
@@ -254,7 +260,12 @@ def reported(conn: Connection, execution_id: int) -> Reported | None:
     row: Any = conn.execute(statement, {"execution_id": execution_id}).first()
     if row is None:
         return None
-    return Reported(_to_job(row), row.reported_session_id, row.reported_finished_at is not None)
+    return Reported(
+        _to_job(row),
+        row.reported_session_id,
+        row.reported_finished_at is not None,
+        bool(row.on_probation),
+    )
 
 
 def get_jobs(conn: Connection, job_ids: Iterable[int]) -> dict[int, Job]:
@@ -777,11 +788,36 @@ def _to_execution(row: Row[Any]) -> Execution:
 # --- events -----------------------------------------------------------------------
 
 
+_INSERT_EVENTS = insert(job_events)
+_EVENT_BUFFER = "dispatcher.event_buffer"
+
+
 def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Append audit events. Each row: job_id, execution_id, kind, from_state, to_state,
-    actor, cause, at."""
+    actor, cause, at. Inside :func:`buffered_events` they are written at its end, in
+    one statement, still in the same transaction."""
+    if not rows:
+        return
+    buffer = conn.info.get(_EVENT_BUFFER)
+    if buffer is not None:
+        buffer.extend(rows)
+    else:
+        conn.execute(_INSERT_EVENTS, list(rows))
+
+
+@contextmanager
+def buffered_events(conn: Connection) -> Iterator[None]:
+    """Collect the events written in the block and insert them in one statement when it
+    ends (group commits: many small moves, one INSERT). Nothing in the block may read
+    events back."""
+    conn.info[_EVENT_BUFFER] = []
+    try:
+        yield
+        rows = conn.info[_EVENT_BUFFER]
+    finally:
+        del conn.info[_EVENT_BUFFER]
     if rows:
-        conn.execute(insert(job_events), list(rows))
+        conn.execute(_INSERT_EVENTS, rows)
 
 
 def events_of(conn: Connection, job_id: int) -> list[JobEvent]:
