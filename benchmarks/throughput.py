@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -49,11 +50,16 @@ async def noop_runner(
                 )
             )
         )
+        beats: asyncio.Task[None] | None = None
         while not done.is_set():
             message = await call.read()
             if message is grpc.aio.EOF:
                 return
             kind = message.WhichOneof("message")
+            if kind == "welcome" and beats is None:
+                # Like a real runner: alive as long as it says so.
+                interval = message.welcome.heartbeat_interval.ToTimedelta().total_seconds()
+                beats = asyncio.create_task(_heartbeats(call, interval or 10.0))
             if kind == "assign":
                 execution_id = message.assign.execution_id
                 assigned[message.assign.job.id] = time.perf_counter()
@@ -73,10 +79,18 @@ async def noop_runner(
                 finished[0] += 1
                 if finished[0] >= total:
                     done.set()
+        if beats is not None:
+            beats.cancel()
         await call.write(
             scheduler_pb2.ConnectRequest(goodbye=scheduler_pb2.Goodbye(reason="benchmark over"))
         )
         call.cancel()
+
+
+async def _heartbeats(call: Any, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await call.write(scheduler_pb2.ConnectRequest(heartbeat=scheduler_pb2.Heartbeat()))
 
 
 async def one_run(

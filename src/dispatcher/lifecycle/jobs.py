@@ -8,6 +8,7 @@ import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
@@ -205,32 +206,35 @@ class Jobs:
 
     def _claim(self, conn: Connection, demands: Sequence[Demand]) -> list[Assignment]:
         now = self._ctx.clock.now()
-        bound: list[tuple[int, int]] = []  # (session id, job id)
         # A session closed meanwhile (by this or another replica) must not get work.
         open_sessions = runner_store.lock_open_sessions(conn, [d.session_id for d in demands])
         quarantined = runner_store.quarantined_runners(conn, [d.runner for d in demands], now)
+        # Runners that match the same jobs share one read of the queue: the head of the
+        # order, as many jobs as they have free slots together, dealt out in turn.
+        groups: dict[tuple[str, frozenset[str]], list[Demand]] = {}
         for demand in demands:
-            if demand.session_id not in open_sessions or demand.runner in quarantined:
-                continue
-            candidates = store.claimable_jobs(
-                conn, demand.platform, demand.labels, demand.slots, now
-            )
+            if demand.session_id in open_sessions and demand.runner not in quarantined:
+                groups.setdefault((demand.platform, demand.labels), []).append(demand)
+        assignments: list[Assignment] = []
+        for (platform, labels), group in groups.items():
+            wanted = sum(d.slots for d in group)
+            candidates = store.claimable_jobs(conn, platform, labels, wanted, now)
             # Two candidates may share a coalesce key; the first one holds it.
-            picked = [
+            picked = iter(
                 job
                 for job in candidates
                 if store.acquire_coalesce_holds(conn, job.id, job.spec.coalesce_keys)
-            ]
-            # Bound per demand, so the next demand's read sees these jobs BUILDING.
-            apply_claims(conn, picked, demand.runner, demand.session_id, now)
-            bound.extend((demand.session_id, job.id) for job in picked)
-        if not bound:
-            return []
-        jobs = store.get_jobs(conn, [job_id for _, job_id in bound])
-        return [
-            Assignment(session_id, _required(jobs[job_id].current_execution_id), jobs[job_id])
-            for session_id, job_id in bound
-        ]
+            )
+            for demand in group:
+                share = [job for _, job in zip(range(demand.slots), picked, strict=False)]
+                execution_ids = apply_claims(conn, share, demand.runner, demand.session_id, now)
+                assignments.extend(
+                    Assignment(
+                        demand.session_id, execution_id, _claimed(job, execution_id, demand, now)
+                    )
+                    for job, execution_id in zip(share, execution_ids, strict=True)
+                )
+        return assignments
 
     async def queue_due(self, limit: int = 1000) -> int:
         """Move NOTICED jobs that became ready (due, back-off over, dedupe original gone,
@@ -274,10 +278,17 @@ class Jobs:
         return await self._ctx.db.run(work)
 
 
-def _required(value: int | None) -> int:
-    if value is None:
-        raise RuntimeError("a claimed job has no execution")
-    return value
+def _claimed(job: Job, execution_id: int, demand: Demand, now: datetime) -> Job:
+    """The job as the claim left it, without reading it back."""
+    return replace(
+        job,
+        state=JobState.BUILDING,
+        attempt=job.attempt + 1,
+        current_execution_id=execution_id,
+        runner=demand.runner,
+        info="",
+        updated_at=now,
+    )
 
 
 def encode_page_token(after_id: int) -> str:

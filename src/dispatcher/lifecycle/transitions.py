@@ -97,7 +97,10 @@ def apply(
                 )
             ],
         )
-        if JobState.BUILDING in transition.sources and transition.target is not JobState.BUILDING:
+        leaves_building = (
+            JobState.BUILDING in transition.sources and transition.target is not JobState.BUILDING
+        )
+        if leaves_building and job.spec.coalesce_keys:
             store.release_coalesce_holds(conn, job.id)
         if transition.target.terminal and duplicate_of is None:
             _settle_dedupe(conn, job, transition.target, now)
@@ -107,12 +110,12 @@ def apply(
 
 def apply_claims(
     conn: Connection, jobs: list[Job], runner: str, session_id: int, now: datetime
-) -> None:
+) -> list[int]:
     """CLAIM several QUEUED jobs for one runner session: their executions, the moves and
     the events, a statement each for the whole batch. The caller holds the jobs' rows
     (read FOR UPDATE, or SQLite's single writer), so every compare-and-set applies."""
     if not jobs:
-        return
+        return []
     execution_ids = store.insert_executions(
         conn,
         [
@@ -144,6 +147,7 @@ def apply_claims(
             for job, execution_id in zip(jobs, execution_ids, strict=True)
         ],
     )
+    return execution_ids
 
 
 def _settle_dedupe(conn: Connection, job: Job, ended: JobState, now: datetime) -> None:

@@ -320,7 +320,7 @@ def claimable_jobs(
     another replica's claim are skipped, not waited for. The order is the one of
     ``ix_jobs_claim_order``, so the cost does not grow with the length of the queue."""
     query = (
-        select(_J.id)
+        _job_query()
         .where(
             # QUEUED jobs are due by construction (the due loop queues them), so the
             # order is read straight off ix_jobs_claim_order without a due filter.
@@ -334,11 +334,7 @@ def claimable_jobs(
     )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=jobs)
-    ids = list(conn.execute(query).scalars())
-    if not ids:
-        return []
-    found = get_jobs(conn, ids)
-    return [found[i] for i in ids]
+    return [_to_job(row) for row in conn.execute(query)]
 
 
 def jobs_ahead(conn: Connection, job: Job) -> int:
