@@ -97,12 +97,23 @@ class Executions:
         return verdict
 
     async def accept(self, session_id: int, runner: str, execution_id: int) -> Verdict:
-        def act(conn: Connection, found: Reported, now: datetime) -> Verdict:
-            job = found.job
-            store.mark_execution(conn, execution_id, "accepted_at", now)
-            return Verdict(True, job_id=job.id)
+        """Record that the runner started the execution. An open execution is always its
+        job's current one (every move out of BUILDING finishes it first), so one fenced
+        UPDATE decides; only a refusal reads further, to record it."""
 
-        return await self._fenced(session_id, runner, execution_id, "accept", act)
+        def act(conn: Connection, found: Reported, now: datetime) -> Verdict:
+            store.mark_execution(conn, execution_id, "accepted_at", now)
+            return Verdict(True, job_id=found.job.id)
+
+        def work(conn: Connection) -> Verdict:
+            now = self._ctx.clock.now()
+            job_id = store.accept_open_execution(conn, execution_id, session_id, now)
+            if job_id is not None:
+                return Verdict(True, job_id=job_id)
+            fenced = _fence(conn, session_id, execution_id, now, runner, "accept")
+            return fenced if isinstance(fenced, Verdict) else act(conn, fenced, now)
+
+        return await self._ctx.commits.submit(work)
 
     async def commit_point(self, session_id: int, runner: str, execution_id: int) -> Verdict:
         def act(conn: Connection, found: Reported, now: datetime) -> Verdict:

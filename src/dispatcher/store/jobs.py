@@ -751,6 +751,30 @@ def touch_executions(
         )
 
 
+_ACCEPT = (
+    update(executions)
+    .where(
+        _E.id == bindparam("b_id"),
+        _E.session_id == bindparam("b_session"),
+        _E.finished_at.is_(None),
+        _E.accepted_at.is_(None),
+    )
+    .values(accepted_at=bindparam("b_now"))
+    .returning(_E.job_id)
+)
+
+
+def accept_open_execution(
+    conn: Connection, execution_id: int, session_id: int, now: datetime
+) -> int | None:
+    """Mark an open, unaccepted execution of ``session_id`` accepted; its job id, or None
+    when it is not one (finished, another session's, already accepted, unknown)."""
+    row = conn.execute(
+        _ACCEPT, {"b_id": execution_id, "b_session": session_id, "b_now": now}
+    ).first()
+    return None if row is None else int(row.job_id)
+
+
 def mark_execution(conn: Connection, execution_id: int, column: str, now: datetime) -> bool:
     """Set ``accepted_at`` or ``committed_at`` once on an open execution."""
     col = _E[column]
