@@ -30,7 +30,9 @@ from dispatcher.domain.states import (
     Outcome,
     Transition,
 )
+from dispatcher.store.sql import delta as _delta
 from dispatcher.store.sql import insert_ignoring_conflicts
+from dispatcher.store.sql import seconds as _seconds
 from dispatcher.store.tables import (
     backoffs,
     coalesce_holds,
@@ -49,14 +51,6 @@ _E = executions.c
 _H = coalesce_holds.c
 _K = job_coalesce_keys.c
 _B = backoffs.c
-
-
-def _seconds(value: timedelta | None) -> float | None:
-    return None if value is None else value.total_seconds()
-
-
-def _delta(value: float | None) -> timedelta | None:
-    return None if value is None else timedelta(seconds=value)
 
 
 def _spec_values(spec: JobSpec) -> dict[str, Any]:
@@ -840,24 +834,25 @@ def buffered_events(conn: Connection) -> Iterator[None]:
         conn.execute(_INSERT_EVENTS, rows)
 
 
+def to_event(r: Row[Any]) -> JobEvent:
+    return JobEvent(
+        id=r.id,
+        job_id=r.job_id,
+        execution_id=r.execution_id,
+        kind=r.kind,
+        from_state=JobState(r.from_state) if r.from_state else None,
+        to_state=JobState(r.to_state) if r.to_state else None,
+        actor=r.actor,
+        cause=r.cause,
+        at=r.at,
+    )
+
+
 def events_of(conn: Connection, job_id: int) -> list[JobEvent]:
     rows = conn.execute(
         select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
     )
-    return [
-        JobEvent(
-            id=r.id,
-            job_id=r.job_id,
-            execution_id=r.execution_id,
-            kind=r.kind,
-            from_state=JobState(r.from_state) if r.from_state else None,
-            to_state=JobState(r.to_state) if r.to_state else None,
-            actor=r.actor,
-            cause=r.cause,
-            at=r.at,
-        )
-        for r in rows
-    ]
+    return [to_event(r) for r in rows]
 
 
 def make_due(conn: Connection, job_id: int, now: datetime) -> bool:

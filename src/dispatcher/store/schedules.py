@@ -10,18 +10,12 @@ from sqlalchemy import Connection, Row, and_, exists, insert, select, update
 
 from dispatcher.domain.model import JobSpec, RetryPolicy, Schedule, ScheduleSpec, ScheduleState
 from dispatcher.domain.states import UNFINISHED_STATES, OnLostPolicy
+from dispatcher.store.sql import delta as _delta
+from dispatcher.store.sql import seconds as _seconds
 from dispatcher.store.tables import jobs, schedules
 
 _S = schedules.c
 _J = jobs.c
-
-
-def _seconds(value: timedelta | None) -> float | None:
-    return None if value is None else value.total_seconds()
-
-
-def _delta(value: float | None) -> timedelta | None:
-    return None if value is None else timedelta(seconds=value)
 
 
 def encode_spec(spec: JobSpec) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""Statements whose spelling differs between SQLite and PostgreSQL."""
+"""Statements whose spelling differs between SQLite and PostgreSQL, and the plain
+values durations are stored as."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Table
@@ -14,3 +16,12 @@ def insert_ignoring_conflicts(conn: Connection, table: Table) -> Any:
     if conn.dialect.name == "postgresql":
         return pg_insert(table).on_conflict_do_nothing()
     return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def seconds(value: timedelta | None) -> float | None:
+    """A duration as stored: seconds, or NULL for none."""
+    return None if value is None else value.total_seconds()
+
+
+def delta(value: float | None) -> timedelta | None:
+    return None if value is None else timedelta(seconds=value)

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, func, select
 
 from dispatcher.domain.model import JobEvent, RunnerState
 from dispatcher.domain.states import JobState
+from dispatcher.store.jobs import to_event
 from dispatcher.store.tables import executions, job_events, jobs, runner_sessions, runners
 
 
@@ -65,20 +66,7 @@ def last_heartbeats(conn: Connection) -> dict[str, datetime]:
 def recent_events(conn: Connection, limit: int) -> list[JobEvent]:
     """The newest ``limit`` events of every job, newest first."""
     rows = conn.execute(select(job_events).order_by(job_events.c.id.desc()).limit(limit))
-    return [
-        JobEvent(
-            id=r.id,
-            job_id=r.job_id,
-            execution_id=r.execution_id,
-            kind=r.kind,
-            from_state=JobState(r.from_state) if r.from_state else None,
-            to_state=JobState(r.to_state) if r.to_state else None,
-            actor=r.actor,
-            cause=r.cause,
-            at=r.at,
-        )
-        for r in rows
-    ]
+    return [to_event(r) for r in rows]
 
 
 def latest_event_id(conn: Connection) -> int:
