@@ -188,6 +188,7 @@ def _to_job(row: Row[Any]) -> Job:
         schedule=m["schedule_name"] or "",
         failures=m["failures"],
         losses=m["losses"],
+        raw=m["raw"],
     )
 
 
@@ -256,6 +257,7 @@ def claimable_jobs(
             _J.state == JobState.QUEUED.value,
             _J.platform == platform,
             _J.not_before <= now,
+            _J.distributor.in_(("", "runners")),  # other distributors' jobs are theirs
             ~_foreign_label(labels),
             ~_coalesce_blocked(),
         )
@@ -668,6 +670,8 @@ def _to_execution(row: Row[Any]) -> Execution:
         info=m["info"],
         logtail=m["logtail"],
         result=bytes(m["result"]),
+        distributor=m["distributor"],
+        info_url=m["info_url"],
     )
 
 
