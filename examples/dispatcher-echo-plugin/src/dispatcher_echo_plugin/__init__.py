@@ -1,6 +1,6 @@
 """The "echo" distributor: a task that ends after ``delay_seconds`` with the job's
-payload as its result; a payload of ``fail`` makes it fail. It never pushes: the
-dispatcher learns the outcome by polling, which is what it shows."""
+payload as its result; a payload of ``fail`` makes it fail, and ``wait`` makes it run
+until cancelled. It never pushes: the dispatcher learns the outcome by polling."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class EchoDistributor:
         ends, payload, cancelled = self._tasks[token]
         if cancelled:
             return BackendStatus(Outcome.CANCELLED, "cancelled")
-        if time.monotonic() < ends:
+        if time.monotonic() < ends or payload == b"wait":
             return RUNNING
         if payload == b"fail":
             return BackendStatus(Outcome.FAILED, "echo was asked to fail", payload)
