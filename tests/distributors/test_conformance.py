@@ -14,7 +14,7 @@ from sqlalchemy import select
 from dispatcher.domain.states import Outcome
 from dispatcher.store.database import Database
 from dispatcher.store.tables import executions
-from dispatcher.v1 import admin_pb2, distributor_pb2, types_pb2
+from dispatcher.v1 import admin_pb2, distributor_pb2, distributor_pb2_grpc, types_pb2
 from tests.support.backends import HARNESSES, Farm, Harness, farm
 from tests.support.eventually import eventually
 from tests.support.server import admin, open_channel
@@ -45,12 +45,12 @@ async def get_job(farm: Farm, job_id: int) -> types_pb2.Job:
     return response.job
 
 
-async def in_state(farm: Farm, job_id: int, state: int, timeout: float = 10) -> types_pb2.Job:
+async def in_state(farm: Farm, job_id: int, state: int, within: float = 10) -> types_pb2.Job:
     async def check() -> types_pb2.Job | None:
         job = await get_job(farm, job_id)
         return job if job.state == state else None
 
-    return await eventually(check, timeout=timeout, message=f"job {job_id} in state {state}")
+    return await eventually(check, timeout=within, message=f"job {job_id} in state {state}")
 
 
 async def building(farm: Farm, job_id: int) -> types_pb2.Job:
@@ -68,7 +68,7 @@ def snapshot_of(database_url: str, execution_id: int) -> dict[str, Any]:
             ).one()
     finally:
         db.close()
-    assert row.token_hash and len(row.token_hash) == 64  # a hash, never the token
+    assert len(row.token_hash or "") == 64  # a hash, never the token
     return dict(row.config_snapshot)
 
 
@@ -110,7 +110,7 @@ async def test_cancel_stops_the_backend(database_url: str, harness: Harness) -> 
             await eventually(lambda: job.current_execution_id in f.http.received)
         async with open_channel(f.server) as channel:
             await admin(channel).CancelJob(admin_pb2.CancelJobRequest(id=job_id, reason="test"))
-        job = await in_state(f, job_id, types_pb2.JOB_STATE_CANCELLED, timeout=15)
+        job = await in_state(f, job_id, types_pb2.JOB_STATE_CANCELLED, within=15)
         assert job.executions[-1].outcome == types_pb2.OUTCOME_CANCELLED
         if harness.kind == "fake":
             assert f.fake().token_of(job.current_execution_id) in f.fake().cancelled
@@ -135,17 +135,15 @@ async def test_a_forged_notification_changes_nothing(database_url: str, harness:
 
 async def test_it_is_listed_and_its_config_validates(database_url: str, harness: Harness) -> None:
     async with farm(database_url) as f, open_channel(f.server) as channel:
-        from dispatcher.v1 import distributor_pb2_grpc
-
         stub = distributor_pb2_grpc.DistributorStub(channel)
         listed = await stub.ListDistributors(distributor_pb2.ListDistributorsRequest())
         [info] = [d for d in listed.distributors if d.name == harness.kind]
         assert (info.kind, info.up, info.parallelism) == (harness.kind, True, 4)
         if harness.kind == "external":
             assert info.config["secret"] == "(hidden)"
+        request = distributor_pb2.ValidateConfigRequest(kind=harness.kind)
+        request.config.update({"no_such_key": 1})
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            request = distributor_pb2.ValidateConfigRequest(kind=harness.kind)
-            request.config.update({"no_such_key": 1})
             await stub.ValidateConfig(request)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "no_such_key" in (caught.value.details() or "")

@@ -37,6 +37,8 @@ class HttpBackend:
     received: dict[int, dict[str, Any]] = field(default_factory=dict)
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     cancelled: list[str] = field(default_factory=list)
+    # What a new task's status reads until a test changes it.
+    initial: dict[str, Any] = field(default_factory=lambda: {"state": "running"})
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -51,7 +53,7 @@ class HttpBackend:
             return web.Response(status=422, text="this backend does not take such jobs")
         self.received[body["execution_id"]] = body
         token = f"task-{body['execution_id']}"
-        self.statuses.setdefault(token, {"state": "running"})
+        self.statuses.setdefault(token, dict(self.initial))
         return web.json_response({"id": token})
 
     async def _status(self, request: web.Request) -> web.Response:

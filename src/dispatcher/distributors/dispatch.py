@@ -84,9 +84,17 @@ class Dispatch:
         self._tasks: list[asyncio.Task[None]] = []
         # Runs in flight on this replica: their executions have no backend token yet.
         self._running: dict[int, asyncio.Task[None]] = {}
+        # When each instance last looked for work that is rarely there (releases, runs
+        # that never completed): once per tick is soon enough, and keeps passes cheap.
+        self._last_sweep: dict[str, datetime] = {}
 
     def wake(self) -> None:
         for host in self._hosts.values():
+            host.wake()
+
+    def wake_instance(self, name: str) -> None:
+        host = self._hosts.get(name)
+        if host is not None:
             host.wake()
 
     async def start(self) -> None:
@@ -146,10 +154,14 @@ class Dispatch:
                 return
             if not await self._probe(instance):
                 return
-        await self._release(instance)
+        now = self._clock.now()
+        last = self._last_sweep.get(instance.name)
+        if last is None or now - last >= self._tick:
+            self._last_sweep[instance.name] = now
+            await self._release(instance)
+            await self._find_unstarted(instance)
         await self._cancel(instance)
         await self._poll(instance)
-        await self._find_unstarted(instance)
         await self._claim(instance)
 
     # --- health -------------------------------------------------------------------
@@ -229,6 +241,8 @@ class Dispatch:
                 # Cancelled or timed out while run() was under way: stop it at once.
                 await self._quietly(instance, instance.adapter.cancel(token))
                 await self._distributions.released(ticket.id)
+            # The loop may be sleeping until a later deadline: this poll may come first.
+            self._hosts[instance.name].wake()
             log.info(
                 "job %d handed to distributor %s (execution %d)",
                 claimed.job.id,

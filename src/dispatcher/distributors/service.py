@@ -4,7 +4,7 @@ of instances with their health, and checking a config. The API layer translates.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,6 +19,7 @@ from dispatcher.domain.errors import (
     StaleExecution,
     Unavailable,
 )
+from dispatcher.domain.states import JobState
 from dispatcher.domain.validation import RUNNER_POOL
 from dispatcher.lifecycle.distributors import Distributions, Notification
 
@@ -40,9 +41,16 @@ class InstanceInfo:
 
 
 class DistributorService:
-    def __init__(self, registry: Registry, distributions: Distributions) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        distributions: Distributions,
+        wake: Callable[[str], None] = lambda name: None,
+    ) -> None:
         self._registry = registry
         self._distributions = distributions
+        # Tells an instance's loop that a slot may be free (an execution ended).
+        self._wake = wake
 
     async def notify(
         self, execution_id: int, token: str, data: bytes, attrs: Mapping[str, str]
@@ -95,6 +103,8 @@ class DistributorService:
         )
         if not verdict.applied:
             raise StaleExecution(verdict.reason)
+        if verdict.new_state is not JobState.BUILDING:
+            self._wake(instance.name)
         return True
 
     async def list(self) -> list[InstanceInfo]:

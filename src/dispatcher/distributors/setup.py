@@ -52,4 +52,5 @@ def build_side(
     distributions = Distributions(ctx)
     dispatch = Dispatch(registry, hosts, distributions, ctx.clock)
     ctx.wakeups.append(dispatch.wake)
-    return DistributorSide(registry, dispatch, DistributorService(registry, distributions))
+    service = DistributorService(registry, distributions, dispatch.wake_instance)
+    return DistributorSide(registry, dispatch, service)

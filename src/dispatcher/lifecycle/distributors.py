@@ -249,9 +249,13 @@ class Distributions:
             return Verdict(True, job_id=job.id, new_state=transition.target)
 
         verdict = await self._fenced(execution_id, what, work)
-        if verdict.applied and verdict.new_state is not JobState.BUILDING:
+        if verdict.applied and verdict.new_state in (JobState.QUEUED, JobState.NOTICED):
             self._ctx.wake_due()
             self._ctx.wake()
+        elif verdict.applied and verdict.new_state is not JobState.BUILDING:
+            # A job ended: waiting jobs on its dedupe key or schedule may be ready. The
+            # instance's own loop fills the freed slot (it asked, or it is woken).
+            self._ctx.wake_due()
         return verdict
 
     async def missing(self, execution_id: int, cause: str) -> Verdict:
