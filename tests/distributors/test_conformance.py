@@ -48,7 +48,9 @@ async def get_job(farm: Farm, job_id: int) -> types_pb2.Job:
 async def in_state(farm: Farm, job_id: int, state: int, within: float = 10) -> types_pb2.Job:
     async def check() -> types_pb2.Job | None:
         job = await get_job(farm, job_id)
-        return job if job.state == state else None
+        events = [(e.kind, e.cause) for e in job.events]
+        assert job.state == state, f"job {job_id} is {job.state}: {events}"
+        return job
 
     return await eventually(check, timeout=within, message=f"job {job_id} in state {state}")
 
