@@ -251,10 +251,11 @@ class Dispatch:
                 extra={"job_id": claimed.job.id, "execution_id": ticket.id},
             )
             return
+        # Down first: giving the job back wakes the loop, which must not hand it out again.
+        await self._down(instance, cause)
         await self._distributions.give_back(
             ticket.id, f"distributor {instance.name} unavailable: {cause}", permanent=False
         )
-        await self._down(instance, cause)
 
     # --- polling ------------------------------------------------------------------
 

@@ -784,7 +784,7 @@ class Reason(_message.Message):
     code: _builtins.str
     """A stable word for scripts: not-due, back-off, dedupe, flavor-disabled,
     no-flavor, coalesce, no-runner, busy, queue, running, finished, due,
-    assigning.
+    assigning, backend-down (the job's distributor is down; `until` is since when).
     """
     text: _builtins.str
     """The same for people."""
