@@ -21,6 +21,7 @@ from dispatcher.distributors.fake import FakeDistributor
 from dispatcher.domain.states import Outcome
 from dispatcher.settings import DistributorSettings
 from dispatcher.v1 import distributor_pb2, distributor_pb2_grpc
+from tests.support.eventually import eventually
 from tests.support.server import open_channel, running_server
 
 EXTERNAL_SECRET = "a shared secret for the external tests"
@@ -166,7 +167,8 @@ class Harness:
         if self.kind == "fake":
             farm.fake().finish(farm.fake().token_of(execution_id), outcome)
         elif self.kind == "http":
-            body = farm.http.received[execution_id]
+            # BUILDING comes before the POST: the job is claimed, then handed over.
+            body = await eventually(lambda: farm.http.received.get(execution_id))
             assert await farm.notify(execution_id, body["notify_token"], {"state": _STATE[outcome]})
         elif self.kind == "external":
             token = notify_token_for(EXTERNAL_SECRET, execution_id)

@@ -266,8 +266,8 @@ class Dispatch:
         due = await self._distributions.due_polls(
             instance.name, ahead=_EVERYTHING if everything else timedelta(0)
         )
-        for execution in due:
-            await self._poll_one(instance, execution)
+        # At once, not one after another: one slow answer must not delay the others.
+        await asyncio.gather(*(self._poll_one(instance, e) for e in due))
 
     async def _poll_one(self, instance: Instance, execution: DistributorExecution) -> None:
         timing = instance.timing

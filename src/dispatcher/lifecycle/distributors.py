@@ -131,8 +131,15 @@ class Distributions:
         """run() returned: remember the backend's token and when to poll first."""
 
         def work(conn: Connection) -> bool:
-            at = self._ctx.clock.now() + poll_timeout
-            return store.record_run(conn, execution_id, backend_token, info_url, at)
+            now = self._ctx.clock.now()
+            at = now + poll_timeout
+            if not store.record_run(conn, execution_id, backend_token, info_url, at):
+                return False
+            execution = store.get_execution(conn, execution_id)
+            if execution is not None:
+                cause = f"the backend runs it as {backend_token} {info_url}".strip()
+                store_event(conn, execution, "handed-over", cause, now)
+            return True
 
         return await self._ctx.db.run(work)
 
