@@ -11,7 +11,8 @@ import asyncio
 import logging
 import signal
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import grpc
@@ -26,13 +27,15 @@ from dispatcher.api.errors import ErrorMappingInterceptor
 from dispatcher.api.metrics import RpcMetricsInterceptor
 from dispatcher.api.reflection import enable_reflection
 from dispatcher.api.scheduler import SchedulerServicer
+from dispatcher.distributors.contract import DistributorKind
+from dispatcher.distributors.dispatch import Dispatch
+from dispatcher.distributors.setup import build_side, check_settings
 from dispatcher.domain.clock import Clock
 from dispatcher.domain.errors import DispatcherError, Unavailable
 from dispatcher.domain.tokens import Role
 from dispatcher.lifecycle.backoffs import Backoffs
 from dispatcher.lifecycle.batching import GroupCommit
 from dispatcher.lifecycle.context import Context
-from dispatcher.lifecycle.distributors import Distributors
 from dispatcher.lifecycle.executions import Executions
 from dispatcher.lifecycle.explain import Explainer
 from dispatcher.lifecycle.flavors import Flavors
@@ -89,6 +92,8 @@ class Server:
     web: WebServer | None = None
     # The bound HTTP port once started (None: no HTTP listener).
     http_port: int | None = None
+    # The distributor loop (SPEC §7); its registry holds the configured instances.
+    distributors: Dispatch | None = None
 
     async def start(self) -> None:
         if self.web is not None:
@@ -99,6 +104,8 @@ class Server:
             self._clock_task = asyncio.create_task(self._keep_clock(self.database_clock))
         # One process per SQLite file: any other replica row there is a dead run of ours.
         await self.hub.start(sole_replica=self.db.kind == "sqlite")
+        if self.distributors is not None:
+            await self.distributors.start()
         if self.auth is not None:
             self.auth.start()
         await self.grpc_server.start()
@@ -124,6 +131,8 @@ class Server:
         await self.health.enter_graceful_shutdown()
         if self.web is not None:
             await self.web.stop()
+        if self.distributors is not None:
+            await self.distributors.stop()
         await self.hub.stop()
         await self.grpc_server.stop(1.0)
         if self.auth is not None:
@@ -156,10 +165,14 @@ async def create_server(
     *,
     clock: Clock | None = None,
     verify_admin_token: VerifyAdminToken | None = None,
+    distributor_kinds: Mapping[str, DistributorKind] | None = None,
 ) -> Server:
     """Build a dispatcher. Deadlines follow the database's clock (shared by every
     replica) unless a ``clock`` is given, as tests do. ``verify_admin_token`` decides
-    which tokens open the status page and /metrics when ``http_open`` is false."""
+    which tokens open the status page and /metrics when ``http_open`` is false.
+    ``distributor_kinds`` adds adapter kinds to the installed ones (tests: the fake)."""
+    # Before anything starts: a bad distributor config stops the start (SPEC §7).
+    check_settings(settings.distributors, distributor_kinds)
     if settings.http_listen:
         # Before anything starts: an open page must be on a loopback address.
         check_access(settings.http_listen, Access(open=settings.http_open))
@@ -176,7 +189,7 @@ async def create_server(
     ctx = Context(
         db=db,
         clock=clock,
-        limits=settings.limits.domain(),
+        limits=replace(settings.limits.domain(), distributors=frozenset(settings.distributors)),
         replica_id=replica_id,
         commits=commits,
         deadlines=deadlines,
@@ -198,6 +211,8 @@ async def create_server(
     hub = Hub(jobs, executions, sessions, timing, schedules, observer=metrics)
     ctx.wakeups.append(hub.wake)
     ctx.due_wakeups.append(hub.wake_due)
+
+    distributors = build_side(settings.distributors, ctx, distributor_kinds)
 
     tokens = Tokens(ctx, cache_seconds=settings.auth.cache_seconds)
     auth = AuthInterceptor(
@@ -243,7 +258,7 @@ async def create_server(
     )
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(hub), server)
     distributor_pb2_grpc.add_DistributorServicer_to_server(
-        DistributorServicer(Distributors(ctx)), server
+        DistributorServicer(distributors.service), server
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -275,6 +290,7 @@ async def create_server(
         tokens=tokens,
         replica_id=replica_id,
         web=web,
+        distributors=distributors.dispatch,
     )
 
 

@@ -129,6 +129,36 @@ class TlsSettings(BaseModel):
         return self.cert_file is not None
 
 
+class DistributorSettings(BaseModel):
+    """One distributor instance (SPEC §7): ``[distributors.NAME]``. The keys below are the
+    dispatcher's own; every other key is the adapter's config, checked by the adapter."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = Field(description="The adapter: an entry point of dispatcher.distributors.")
+    parallelism: int = Field(4, ge=1, description="Executions running at once, at most.")
+    poll_interval_seconds: float = Field(
+        30.0, gt=0, description="After the first poll, get_status is called this often."
+    )
+    settle_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="A permanent get_status error this soon after run counts as transient.",
+    )
+    run_attempts: int = Field(
+        3, ge=1, description="Tries of run (and cancel) on transient errors before giving up."
+    )
+    probe_initial_seconds: float = Field(
+        1.0, gt=0, description="While the backend is down, the first probe waits this long."
+    )
+    probe_max_seconds: float = Field(
+        300.0, gt=0, description="Each next probe waits twice as long, up to this."
+    )
+
+    def adapter_config(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DISPATCHER_", env_nested_delimiter="__", extra="forbid"
@@ -204,6 +234,10 @@ class Settings(BaseSettings):
     rules: RuleSettings = Field(default_factory=lambda: RuleSettings())
     auth: AuthSettings = Field(default_factory=lambda: AuthSettings())
     tls: TlsSettings = Field(default_factory=lambda: TlsSettings())
+    distributors: dict[str, DistributorSettings] = Field(
+        default_factory=dict,
+        description="Distributor instances by name (SPEC §7); the runner pool is always there.",
+    )
 
     @property
     def heartbeat_interval(self) -> timedelta:

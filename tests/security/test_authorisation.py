@@ -21,6 +21,7 @@ SERVICE_ROLES = {
 }
 METHOD_ROLES = {
     "/dispatcher.v1.Distributor/ListDistributors": {Role.DISTRIBUTOR, Role.ADMIN},
+    "/dispatcher.v1.Distributor/ValidateConfig": {Role.DISTRIBUTOR, Role.ADMIN},
 }
 UNAUTHENTICATED_CALLERS = ("none", "malformed", "wrong", "deleted")
 CALLERS = (*UNAUTHENTICATED_CALLERS, *(r.value for r in Role))

@@ -26,7 +26,11 @@ from tests.support.tokens import RoleTokens, authenticated_channel
 
 @asynccontextmanager
 async def running_server(
-    database_url: str, *, verify_admin_token: VerifyAdminToken | None = None, **settings: Any
+    database_url: str,
+    *,
+    verify_admin_token: VerifyAdminToken | None = None,
+    distributor_kinds: Any = None,
+    **settings: Any,
 ) -> AsyncIterator[Server]:
     """``server.http_port`` is the status page's port (a free one unless given)."""
     settings.setdefault("http_listen", "127.0.0.1:0")
@@ -39,6 +43,7 @@ async def running_server(
             **settings,
         ),
         verify_admin_token=verify_admin_token,
+        distributor_kinds=distributor_kinds,
     )
     await server.start()
     assert server.tokens is not None

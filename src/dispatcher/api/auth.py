@@ -52,6 +52,7 @@ SERVICE_ROLES: Mapping[Any, frozenset[Role]] = {
 # ...and these methods are open to more: operators list distributors too (read-only).
 METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     "/dispatcher.v1.Distributor/ListDistributors": frozenset({Role.DISTRIBUTOR, Role.ADMIN}),
+    "/dispatcher.v1.Distributor/ValidateConfig": frozenset({Role.DISTRIBUTOR, Role.ADMIN}),
 }
 
 

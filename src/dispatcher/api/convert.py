@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from google.protobuf import struct_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -303,6 +304,7 @@ def job_to_proto(job: Job) -> types_pb2.Job:
         schedule=job.schedule,
         failures=job.failures,
         losses=job.losses,
+        raw=_struct(job.raw),
     )
 
 
@@ -323,6 +325,8 @@ def execution_to_proto(execution: Execution) -> types_pb2.Execution:
         info=execution.info,
         logtail=execution.logtail,
         result=execution.result,
+        distributor=execution.distributor,
+        info_url=execution.info_url,
     )
 
 
@@ -434,3 +438,11 @@ def token_to_proto(token: Token) -> admin_pb2.Token:
         created_at=_ts(token.created_at),
         last_used_at=_ts(token.last_used_at),
     )
+
+
+def _struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
+    if not value:
+        return None
+    message = struct_pb2.Struct()
+    message.update(dict(value))
+    return message

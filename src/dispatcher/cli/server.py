@@ -68,7 +68,7 @@ def serve(
     from dispatcher import logs
     from dispatcher.app import serve as run
 
-    settings = Settings.load(
+    settings = _load(
         config_path,
         database_url=database_url,
         listen=listen,
@@ -114,12 +114,21 @@ def config() -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def check(path: Path) -> None:
     """Validate the TOML config file PATH and explain each error; exit 1 if any."""
+    _load(path)
+    click.echo(f"{path}: OK")
+
+
+def _load(path: Path | None, **overrides: object) -> Settings:
+    """Settings, with every distributor instance checked (SPEC §7); a ClickException
+    (exit 1) that explains each problem otherwise."""
     import tomllib
 
     from pydantic import ValidationError
 
+    from dispatcher.distributors.setup import check_settings
+
     try:
-        Settings.load(path)
+        settings = Settings.load(path, **overrides)
     except tomllib.TOMLDecodeError as exc:
         raise click.ClickException(f"{path}: not valid TOML: {exc}") from None
     except ValidationError as exc:
@@ -128,4 +137,8 @@ def check(path: Path) -> None:
             where = ".".join(str(part) for part in error["loc"]) or "(file)"
             lines.append(f"  {where}: {error['msg']}")
         raise click.ClickException("\n".join(lines)) from None
-    click.echo(f"{path}: OK")
+    try:
+        check_settings(settings.distributors)
+    except DispatcherError as exc:
+        raise click.ClickException(f"{path or 'settings'}: {exc}") from None
+    return settings

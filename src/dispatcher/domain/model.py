@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from dispatcher.domain.states import DEFAULT_ON_LOST, JobState, OnLostPolicy, Outcome
 
@@ -71,6 +72,9 @@ class Execution:
     info: str = ""
     logtail: str = ""
     result: bytes = b""
+    # Distributor executions (SPEC §7): the instance, and its page about the task.
+    distributor: str = ""
+    info_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Job:
     # Runner-reported failures and infrastructure losses so far (SPEC §5.6).
     failures: int = 0
     losses: int = 0
+    # Raw JSON backends reported about the job, merged key by key (SPEC §7).
+    raw: dict[str, Any] | None = None
 
 
 class RunnerState(enum.StrEnum):

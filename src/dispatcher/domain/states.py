@@ -12,7 +12,8 @@ Who moves a job out of each state:
   again (``hold``: back-off, flavor disabled); the deadline sweep; an operator.
 - BUILDING: the runner holding it (``succeed``/``fail``/``retry``/``doom``/``refuse``/
   ``confirm_cancel``); the dispatcher when the execution is lost (``reclaim``/``doom``)
-  or runs too long (``time_out``).
+  or runs too long (``time_out``); for distributor executions, the dispatcher on the
+  backend's word (the same moves, and ``reject`` when it refuses the job for good).
 - Terminal states: nobody.
 """
 
@@ -116,6 +117,8 @@ RECLAIM = _t("reclaim", {_S.BUILDING}, _S.QUEUED, "reclaimed", ends=True)
 REFUSE = _t("refuse", {_S.BUILDING}, _S.QUEUED, "refused", ends=True)
 CANCEL_WAITING = _t("cancel", {_S.NOTICED, _S.QUEUED}, _S.CANCELLED, "cancelled")
 CONFIRM_CANCEL = _t("confirm_cancel", {_S.BUILDING}, _S.CANCELLED, "cancelled", ends=True)
+# A distributor's permanent refusal to run the job (SPEC §7): it never will.
+REJECT = _t("reject", {_S.BUILDING}, _S.NOT_FOR_US, "rejected", ends=True)
 
 TRANSITIONS: tuple[Transition, ...] = (
     SUBMIT_QUEUED,
@@ -138,6 +141,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     REFUSE,
     CANCEL_WAITING,
     CONFIRM_CANCEL,
+    REJECT,
 )
 
 # Every (from, to) pair the table allows; None stands for "no job yet".

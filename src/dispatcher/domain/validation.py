@@ -26,6 +26,8 @@ class Limits:
     max_payload_bytes: int = 1024 * 1024
     max_batch_size: int = 1000
     max_capacity: int = 1024
+    # The configured distributor instances (SPEC §7) a job may name, besides the pool.
+    distributors: frozenset[str] = frozenset()
 
 
 def _check_name(value: str, what: str, limits: Limits) -> None:
@@ -49,13 +51,13 @@ def _check_labels(labels: frozenset[str], what: str, limits: Limits) -> None:
         _check_name(label, what, limits)
 
 
-def _refuse_unsupported(spec: JobSpec) -> None:
-    # Accepting a distributor name and running the job on the runner pool anyway would
-    # be worse than refusing it. Adapters arrive with SPEC §7.
-    if spec.distributor not in ("", RUNNER_POOL):
+def _refuse_unsupported(spec: JobSpec, limits: Limits) -> None:
+    # Accepting a distributor name nobody configured would leave the job waiting forever.
+    if spec.distributor not in ("", RUNNER_POOL, *limits.distributors):
+        known = ", ".join(repr(d) for d in sorted({RUNNER_POOL, *limits.distributors}))
         raise InvalidInput(
-            f"spec.distributor {spec.distributor!r} does not exist; the only distributor is "
-            f"{RUNNER_POOL!r} (leave it empty)"
+            f"spec.distributor {spec.distributor!r} does not exist; configured: {known} "
+            "(empty: the runner pool)"
         )
 
 
@@ -90,7 +92,7 @@ def _check_retry(policy: RetryPolicy) -> None:
 
 def check_spec(spec: JobSpec, limits: Limits) -> None:
     """Raise InvalidInput/LimitExceeded when ``spec`` cannot be accepted."""
-    _refuse_unsupported(spec)
+    _refuse_unsupported(spec, limits)
     if not spec.platform:
         raise InvalidInput("spec.platform is required (for example 'linux/x86_64')")
     _check_name(spec.platform, "spec.platform", limits)

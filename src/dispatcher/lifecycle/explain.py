@@ -11,6 +11,7 @@ from dispatcher.domain.errors import InvalidInput, NotFound
 from dispatcher.domain.model import Explanation, Job, Reason, Runner, RunnerState
 from dispatcher.domain.states import JobState
 from dispatcher.lifecycle.context import Context
+from dispatcher.lifecycle.waiting import on_distributor, queued_on_distributor
 from dispatcher.store import backoffs as backoff_store
 from dispatcher.store import flavors as flavor_store
 from dispatcher.store import jobs as store
@@ -32,8 +33,14 @@ class Explainer:
             now = self._ctx.clock.now()
             if job.state is JobState.NOTICED:
                 reasons = _noticed(conn, job, now)
+            elif job.state is JobState.QUEUED and on_distributor(job):
+                reasons = queued_on_distributor(conn, job)
             elif job.state is JobState.QUEUED:
                 reasons = _queued(conn, job, now)
+            elif job.state is JobState.BUILDING and on_distributor(job):
+                reasons = [
+                    Reason("running", f"it is running on distributor {job.spec.distributor}")
+                ]
             elif job.state is JobState.BUILDING:
                 reasons = [Reason("running", f"it is running on runner {job.runner}")]
             else:

@@ -203,6 +203,7 @@ def _to_job(row: Row[Any]) -> Job:
         schedule=m["schedule_name"] or "",
         failures=m["failures"],
         losses=m["losses"],
+        raw=m["raw"],
     )
 
 
@@ -320,6 +321,7 @@ def claimable_jobs(
             # order is read straight off ix_jobs_claim_order without a due filter.
             _J.state == JobState.QUEUED.value,
             _J.platform == platform,
+            _J.distributor.in_(("", "runners")),  # other distributors' jobs are theirs
             ~_foreign_label(labels),
             ~_coalesce_blocked(),
         )
@@ -796,6 +798,8 @@ def _to_execution(row: Row[Any]) -> Execution:
         info=m["info"],
         logtail=m["logtail"],
         result=bytes(m["result"]),
+        distributor=m["distributor"],
+        info_url=m["info_url"],
     )
 
 

@@ -117,6 +117,8 @@ jobs = Table(
     Column("max_run_seconds", Float),
     # created_at + max_wait: a job still waiting then is FAILED ("expired").
     Column("expires_at", UtcDateTime),
+    # Raw JSON a backend reported about the job (SPEC §7 external), merged key by key.
+    Column("raw", JSON),
     CheckConstraint(_one_of("state", JobState), name="state"),
     CheckConstraint(_one_of("on_lost", OnLostPolicy), name="on_lost"),
     CheckConstraint("attempt >= 0", name="attempt"),
@@ -343,6 +345,18 @@ executions = Table(
     Column("result", LargeBinary, nullable=False),
     # started_at + the job's max_run: cancelled and FAILED past it.
     Column("deadline_at", UtcDateTime),
+    # Distributor executions (SPEC §7); empty/NULL for runner executions. The config in
+    # force when it started, the SHA-256 of its notification token (never the token),
+    # the adapter's own handle for it, and when the dispatcher polls it next.
+    Column("distributor", String(128), nullable=False, server_default=""),
+    Column("config_snapshot", JSON),
+    Column("token_hash", String(64)),
+    Column("backend_token", Text, nullable=False, server_default=""),
+    Column("info_url", Text, nullable=False, server_default=""),
+    Column("poll_at", UtcDateTime),
+    Column("poll_failures", Integer, nullable=False, server_default="0"),
+    # Set once the backend was told to stop (or said it ended): nothing more to send it.
+    Column("released_at", UtcDateTime),
     CheckConstraint(_one_of("outcome", Outcome) + " OR outcome IS NULL", name="outcome"),
     CheckConstraint("(outcome IS NULL) = (finished_at IS NULL)", name="finished_has_outcome"),
 )
@@ -352,6 +366,31 @@ Index(
     executions.c.session_id,
     sqlite_where=text("finished_at IS NULL"),
     postgresql_where=text("finished_at IS NULL"),
+)
+
+# The distributor loop reads its open executions (to count, poll and cancel them) and
+# its finished ones not yet released, by distributor name.
+Index(
+    "ix_executions_distributor_unreleased",
+    executions.c.distributor,
+    executions.c.poll_at,
+    sqlite_where=text("distributor <> '' AND released_at IS NULL"),
+    postgresql_where=text("distributor <> '' AND released_at IS NULL"),
+)
+
+# Backend health (SPEC §3): one row per distributor instance that was ever down. No row,
+# or up, means its jobs may run; while down they wait and the backend is probed at
+# growing intervals.
+distributor_health = Table(
+    "distributor_health",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("up", Boolean, nullable=False),
+    Column("down_since", UtcDateTime),
+    Column("cause", Text, nullable=False, server_default=""),
+    Column("next_probe_at", UtcDateTime),
+    Column("probe_interval_seconds", Float, nullable=False, server_default="0"),
+    Column("updated_at", UtcDateTime, nullable=False),
 )
 
 job_events = Table(

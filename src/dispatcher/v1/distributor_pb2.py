@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64ispatcher/v1/distributor.proto\x12\rdispatcher.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xa8\x01\n\rNotifyRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x36\n\x05\x61ttrs\x18\x04 \x03(\x0b\x32\'.dispatcher.v1.NotifyRequest.AttrsEntry\x1a,\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x0eNotifyResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\"\x19\n\x17ListDistributorsRequest\"P\n\x18ListDistributorsResponse\x12\x34\n\x0c\x64istributors\x18\x01 \x03(\x0b\x32\x1e.dispatcher.v1.DistributorInfo\"V\n\x0f\x44istributorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\'\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct2\xb9\x01\n\x0b\x44istributor\x12\x45\n\x06Notify\x12\x1c.dispatcher.v1.NotifyRequest\x1a\x1d.dispatcher.v1.NotifyResponse\x12\x63\n\x10ListDistributors\x12&.dispatcher.v1.ListDistributorsRequest\x1a\'.dispatcher.v1.ListDistributorsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64ispatcher/v1/distributor.proto\x12\rdispatcher.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\rNotifyRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x36\n\x05\x61ttrs\x18\x04 \x03(\x0b\x32\'.dispatcher.v1.NotifyRequest.AttrsEntry\x1a,\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x0eNotifyResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\"\x19\n\x17ListDistributorsRequest\"P\n\x18ListDistributorsResponse\x12\x34\n\x0c\x64istributors\x18\x01 \x03(\x0b\x32\x1e.dispatcher.v1.DistributorInfo\"\xb6\x01\n\x0f\x44istributorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\'\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\n\n\x02up\x18\x04 \x01(\x08\x12.\n\ndown_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63\x61use\x18\x06 \x01(\t\x12\x13\n\x0bparallelism\x18\x07 \x01(\x05\"N\n\x15ValidateConfigRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\'\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x18\n\x16ValidateConfigResponse2\x98\x02\n\x0b\x44istributor\x12\x45\n\x06Notify\x12\x1c.dispatcher.v1.NotifyRequest\x1a\x1d.dispatcher.v1.NotifyResponse\x12\x63\n\x10ListDistributors\x12&.dispatcher.v1.ListDistributorsRequest\x1a\'.dispatcher.v1.ListDistributorsResponse\x12]\n\x0eValidateConfig\x12$.dispatcher.v1.ValidateConfigRequest\x1a%.dispatcher.v1.ValidateConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NOTIFYREQUEST_ATTRSENTRY']._loaded_options = None
   _globals['_NOTIFYREQUEST_ATTRSENTRY']._serialized_options = b'8\001'
-  _globals['_NOTIFYREQUEST']._serialized_start=81
-  _globals['_NOTIFYREQUEST']._serialized_end=249
-  _globals['_NOTIFYREQUEST_ATTRSENTRY']._serialized_start=205
-  _globals['_NOTIFYREQUEST_ATTRSENTRY']._serialized_end=249
-  _globals['_NOTIFYRESPONSE']._serialized_start=251
-  _globals['_NOTIFYRESPONSE']._serialized_end=284
-  _globals['_LISTDISTRIBUTORSREQUEST']._serialized_start=286
-  _globals['_LISTDISTRIBUTORSREQUEST']._serialized_end=311
-  _globals['_LISTDISTRIBUTORSRESPONSE']._serialized_start=313
-  _globals['_LISTDISTRIBUTORSRESPONSE']._serialized_end=393
-  _globals['_DISTRIBUTORINFO']._serialized_start=395
-  _globals['_DISTRIBUTORINFO']._serialized_end=481
-  _globals['_DISTRIBUTOR']._serialized_start=484
-  _globals['_DISTRIBUTOR']._serialized_end=669
+  _globals['_NOTIFYREQUEST']._serialized_start=114
+  _globals['_NOTIFYREQUEST']._serialized_end=282
+  _globals['_NOTIFYREQUEST_ATTRSENTRY']._serialized_start=238
+  _globals['_NOTIFYREQUEST_ATTRSENTRY']._serialized_end=282
+  _globals['_NOTIFYRESPONSE']._serialized_start=284
+  _globals['_NOTIFYRESPONSE']._serialized_end=317
+  _globals['_LISTDISTRIBUTORSREQUEST']._serialized_start=319
+  _globals['_LISTDISTRIBUTORSREQUEST']._serialized_end=344
+  _globals['_LISTDISTRIBUTORSRESPONSE']._serialized_start=346
+  _globals['_LISTDISTRIBUTORSRESPONSE']._serialized_end=426
+  _globals['_DISTRIBUTORINFO']._serialized_start=429
+  _globals['_DISTRIBUTORINFO']._serialized_end=611
+  _globals['_VALIDATECONFIGREQUEST']._serialized_start=613
+  _globals['_VALIDATECONFIGREQUEST']._serialized_end=691
+  _globals['_VALIDATECONFIGRESPONSE']._serialized_start=693
+  _globals['_VALIDATECONFIGRESPONSE']._serialized_end=717
+  _globals['_DISTRIBUTOR']._serialized_start=720
+  _globals['_DISTRIBUTOR']._serialized_end=1000
 # @@protoc_insertion_point(module_scope)

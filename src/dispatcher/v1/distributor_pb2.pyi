@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -130,12 +131,28 @@ class DistributorInfo(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    UP_FIELD_NUMBER: _builtins.int
+    DOWN_SINCE_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    PARALLELISM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: _builtins.str
     """The adapter kind, e.g. "runners", "subprocess", "http"."""
+    up: _builtins.bool
+    """False while the backend is thought down: its jobs wait, and it is probed at
+    growing intervals.
+    """
+    cause: _builtins.str
+    """Why it is down."""
+    parallelism: _builtins.int
+    """Executions running at once, at most (0: the runner pool, bounded by runners)."""
     @_builtins.property
     def config(self) -> _struct_pb2.Struct:
         """The configuration in force, secrets removed."""
+
+    @_builtins.property
+    def down_since(self) -> _timestamp_pb2.Timestamp:
+        """When it went down; unset while up."""
 
     def __init__(
         self,
@@ -143,11 +160,56 @@ class DistributorInfo(_message.Message):
         name: _builtins.str = ...,
         kind: _builtins.str = ...,
         config: _struct_pb2.Struct | None = ...,
+        up: _builtins.bool = ...,
+        down_since: _timestamp_pb2.Timestamp | None = ...,
+        cause: _builtins.str = ...,
+        parallelism: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "down_since", b"down_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "kind", b"kind", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "config", b"config", "down_since", b"down_since", "kind", b"kind", "name", b"name", "parallelism", b"parallelism", "up", b"up"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DistributorInfo: _TypeAlias = DistributorInfo  # noqa: Y015
+
+@_typing.final
+class ValidateConfigRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """The adapter kind, e.g. "subprocess", "http", "external"."""
+    @_builtins.property
+    def config(self) -> _struct_pb2.Struct:
+        """The adapter's own keys (without kind and the dispatcher's keys)."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        config: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateConfigRequest: _TypeAlias = ValidateConfigRequest  # noqa: Y015
+
+@_typing.final
+class ValidateConfigResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateConfigResponse: _TypeAlias = ValidateConfigResponse  # noqa: Y015

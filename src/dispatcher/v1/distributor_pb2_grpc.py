@@ -29,8 +29,9 @@ class DistributorStub:
     """Distributor is for external execution backends (SPEC §7).
 
     Every call carries a distributor token as `authorization: Bearer <token>`
-    metadata; ListDistributors also takes an admin token. No, unknown or deleted
-    token: UNAUTHENTICATED; another role's token: PERMISSION_DENIED.
+    metadata; ListDistributors and ValidateConfig also take an admin token. No,
+    unknown or deleted token: UNAUTHENTICATED; another role's token:
+    PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -49,14 +50,20 @@ class DistributorStub:
                 request_serializer=dispatcher_dot_v1_dot_distributor__pb2.ListDistributorsRequest.SerializeToString,
                 response_deserializer=dispatcher_dot_v1_dot_distributor__pb2.ListDistributorsResponse.FromString,
                 _registered_method=True)
+        self.ValidateConfig = channel.unary_unary(
+                '/dispatcher.v1.Distributor/ValidateConfig',
+                request_serializer=dispatcher_dot_v1_dot_distributor__pb2.ValidateConfigRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_distributor__pb2.ValidateConfigResponse.FromString,
+                _registered_method=True)
 
 
 class DistributorServicer:
     """Distributor is for external execution backends (SPEC §7).
 
     Every call carries a distributor token as `authorization: Bearer <token>`
-    metadata; ListDistributors also takes an admin token. No, unknown or deleted
-    token: UNAUTHENTICATED; another role's token: PERMISSION_DENIED.
+    metadata; ListDistributors and ValidateConfig also take an admin token. No,
+    unknown or deleted token: UNAUTHENTICATED; another role's token:
+    PERMISSION_DENIED.
     """
 
     def Notify(self, request, context):
@@ -64,13 +71,15 @@ class DistributorServicer:
 
         Called by: a backend, with the execution's own token (from the Run call).
         Changes: the distributor adapter turns the notification into a new status of
-        the execution, or ignores it. A notification for an execution that is not its
-        job's current one changes nothing.
-        Status codes: INVALID_ARGUMENT (no execution id or token), NOT_FOUND (no such
-        distributor execution), PERMISSION_DENIED (wrong token), FAILED_PRECONDITION
-        (the execution is no longer current). Until distributor adapters exist every
-        execution runs on the runner pool, which reports through Scheduler.Connect: an
-        existing execution is FAILED_PRECONDITION, any other NOT_FOUND.
+        the execution (and raw JSON merged into the job), or ignores it. The token is
+        compared in constant time. A forged notification (wrong token), or one for an
+        execution that is not its job's current, open one (stale or replayed), changes
+        nothing but the job's history ("forged-notification", "stale-message").
+        Status codes: INVALID_ARGUMENT (no execution id or token, or a body the adapter
+        cannot read), NOT_FOUND (no such distributor execution; runner executions report
+        through Scheduler.Connect), PERMISSION_DENIED (wrong token), FAILED_PRECONDITION
+        (the execution is no longer current), UNAVAILABLE (its distributor is not
+        configured on this replica).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,6 +90,18 @@ class DistributorServicer:
 
         Called by: backends (distributor token) and operators (admin token). Changes
         nothing. Status codes: none beyond auth.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidateConfig(self, request, context):
+        """ValidateConfig checks a distributor configuration with its adapter, as the
+        dispatcher does at start-up.
+
+        Called by: operators (admin token) and backends (distributor token) before they
+        deploy a config. Changes nothing. Status codes: INVALID_ARGUMENT (no kind, an
+        unknown kind, or a config the adapter refuses: the adapter's message).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +120,11 @@ def add_DistributorServicer_to_server(servicer, server):
                     request_deserializer=dispatcher_dot_v1_dot_distributor__pb2.ListDistributorsRequest.FromString,
                     response_serializer=dispatcher_dot_v1_dot_distributor__pb2.ListDistributorsResponse.SerializeToString,
             ),
+            'ValidateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateConfig,
+                    request_deserializer=dispatcher_dot_v1_dot_distributor__pb2.ValidateConfigRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_distributor__pb2.ValidateConfigResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'dispatcher.v1.Distributor', rpc_method_handlers)
@@ -111,8 +137,9 @@ class Distributor:
     """Distributor is for external execution backends (SPEC §7).
 
     Every call carries a distributor token as `authorization: Bearer <token>`
-    metadata; ListDistributors also takes an admin token. No, unknown or deleted
-    token: UNAUTHENTICATED; another role's token: PERMISSION_DENIED.
+    metadata; ListDistributors and ValidateConfig also take an admin token. No,
+    unknown or deleted token: UNAUTHENTICATED; another role's token:
+    PERMISSION_DENIED.
     """
 
     @staticmethod
@@ -159,6 +186,33 @@ class Distributor:
             '/dispatcher.v1.Distributor/ListDistributors',
             dispatcher_dot_v1_dot_distributor__pb2.ListDistributorsRequest.SerializeToString,
             dispatcher_dot_v1_dot_distributor__pb2.ListDistributorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Distributor/ValidateConfig',
+            dispatcher_dot_v1_dot_distributor__pb2.ValidateConfigRequest.SerializeToString,
+            dispatcher_dot_v1_dot_distributor__pb2.ValidateConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

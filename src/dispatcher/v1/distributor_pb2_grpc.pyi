@@ -30,8 +30,9 @@ class DistributorStub:
     """Distributor is for external execution backends (SPEC §7).
 
     Every call carries a distributor token as `authorization: Bearer <token>`
-    metadata; ListDistributors also takes an admin token. No, unknown or deleted
-    token: UNAUTHENTICATED; another role's token: PERMISSION_DENIED.
+    metadata; ListDistributors and ValidateConfig also take an admin token. No,
+    unknown or deleted token: UNAUTHENTICATED; another role's token:
+    PERMISSION_DENIED.
     """
 
     @_typing.overload
@@ -43,13 +44,15 @@ class DistributorStub:
 
     Called by: a backend, with the execution's own token (from the Run call).
     Changes: the distributor adapter turns the notification into a new status of
-    the execution, or ignores it. A notification for an execution that is not its
-    job's current one changes nothing.
-    Status codes: INVALID_ARGUMENT (no execution id or token), NOT_FOUND (no such
-    distributor execution), PERMISSION_DENIED (wrong token), FAILED_PRECONDITION
-    (the execution is no longer current). Until distributor adapters exist every
-    execution runs on the runner pool, which reports through Scheduler.Connect: an
-    existing execution is FAILED_PRECONDITION, any other NOT_FOUND.
+    the execution (and raw JSON merged into the job), or ignores it. The token is
+    compared in constant time. A forged notification (wrong token), or one for an
+    execution that is not its job's current, open one (stale or replayed), changes
+    nothing but the job's history ("forged-notification", "stale-message").
+    Status codes: INVALID_ARGUMENT (no execution id or token, or a body the adapter
+    cannot read), NOT_FOUND (no such distributor execution; runner executions report
+    through Scheduler.Connect), PERMISSION_DENIED (wrong token), FAILED_PRECONDITION
+    (the execution is no longer current), UNAVAILABLE (its distributor is not
+    configured on this replica).
     """
     ListDistributors: _grpc.UnaryUnaryMultiCallable[_distributor_pb2.ListDistributorsRequest, _distributor_pb2.ListDistributorsResponse]
     """ListDistributors lists the distributor instances this dispatcher runs jobs on.
@@ -57,14 +60,23 @@ class DistributorStub:
     Called by: backends (distributor token) and operators (admin token). Changes
     nothing. Status codes: none beyond auth.
     """
+    ValidateConfig: _grpc.UnaryUnaryMultiCallable[_distributor_pb2.ValidateConfigRequest, _distributor_pb2.ValidateConfigResponse]
+    """ValidateConfig checks a distributor configuration with its adapter, as the
+    dispatcher does at start-up.
+
+    Called by: operators (admin token) and backends (distributor token) before they
+    deploy a config. Changes nothing. Status codes: INVALID_ARGUMENT (no kind, an
+    unknown kind, or a config the adapter refuses: the adapter's message).
+    """
 
 @_typing.type_check_only
 class DistributorAsyncStub(DistributorStub):
     """Distributor is for external execution backends (SPEC §7).
 
     Every call carries a distributor token as `authorization: Bearer <token>`
-    metadata; ListDistributors also takes an admin token. No, unknown or deleted
-    token: UNAUTHENTICATED; another role's token: PERMISSION_DENIED.
+    metadata; ListDistributors and ValidateConfig also take an admin token. No,
+    unknown or deleted token: UNAUTHENTICATED; another role's token:
+    PERMISSION_DENIED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -73,13 +85,15 @@ class DistributorAsyncStub(DistributorStub):
 
     Called by: a backend, with the execution's own token (from the Run call).
     Changes: the distributor adapter turns the notification into a new status of
-    the execution, or ignores it. A notification for an execution that is not its
-    job's current one changes nothing.
-    Status codes: INVALID_ARGUMENT (no execution id or token), NOT_FOUND (no such
-    distributor execution), PERMISSION_DENIED (wrong token), FAILED_PRECONDITION
-    (the execution is no longer current). Until distributor adapters exist every
-    execution runs on the runner pool, which reports through Scheduler.Connect: an
-    existing execution is FAILED_PRECONDITION, any other NOT_FOUND.
+    the execution (and raw JSON merged into the job), or ignores it. The token is
+    compared in constant time. A forged notification (wrong token), or one for an
+    execution that is not its job's current, open one (stale or replayed), changes
+    nothing but the job's history ("forged-notification", "stale-message").
+    Status codes: INVALID_ARGUMENT (no execution id or token, or a body the adapter
+    cannot read), NOT_FOUND (no such distributor execution; runner executions report
+    through Scheduler.Connect), PERMISSION_DENIED (wrong token), FAILED_PRECONDITION
+    (the execution is no longer current), UNAVAILABLE (its distributor is not
+    configured on this replica).
     """
     ListDistributors: _aio.UnaryUnaryMultiCallable[_distributor_pb2.ListDistributorsRequest, _distributor_pb2.ListDistributorsResponse]  # type: ignore[assignment]
     """ListDistributors lists the distributor instances this dispatcher runs jobs on.
@@ -87,13 +101,22 @@ class DistributorAsyncStub(DistributorStub):
     Called by: backends (distributor token) and operators (admin token). Changes
     nothing. Status codes: none beyond auth.
     """
+    ValidateConfig: _aio.UnaryUnaryMultiCallable[_distributor_pb2.ValidateConfigRequest, _distributor_pb2.ValidateConfigResponse]  # type: ignore[assignment]
+    """ValidateConfig checks a distributor configuration with its adapter, as the
+    dispatcher does at start-up.
+
+    Called by: operators (admin token) and backends (distributor token) before they
+    deploy a config. Changes nothing. Status codes: INVALID_ARGUMENT (no kind, an
+    unknown kind, or a config the adapter refuses: the adapter's message).
+    """
 
 class DistributorServicer(metaclass=_abc_1.ABCMeta):
     """Distributor is for external execution backends (SPEC §7).
 
     Every call carries a distributor token as `authorization: Bearer <token>`
-    metadata; ListDistributors also takes an admin token. No, unknown or deleted
-    token: UNAUTHENTICATED; another role's token: PERMISSION_DENIED.
+    metadata; ListDistributors and ValidateConfig also take an admin token. No,
+    unknown or deleted token: UNAUTHENTICATED; another role's token:
+    PERMISSION_DENIED.
     """
 
     @_abc_1.abstractmethod
@@ -106,13 +129,15 @@ class DistributorServicer(metaclass=_abc_1.ABCMeta):
 
         Called by: a backend, with the execution's own token (from the Run call).
         Changes: the distributor adapter turns the notification into a new status of
-        the execution, or ignores it. A notification for an execution that is not its
-        job's current one changes nothing.
-        Status codes: INVALID_ARGUMENT (no execution id or token), NOT_FOUND (no such
-        distributor execution), PERMISSION_DENIED (wrong token), FAILED_PRECONDITION
-        (the execution is no longer current). Until distributor adapters exist every
-        execution runs on the runner pool, which reports through Scheduler.Connect: an
-        existing execution is FAILED_PRECONDITION, any other NOT_FOUND.
+        the execution (and raw JSON merged into the job), or ignores it. The token is
+        compared in constant time. A forged notification (wrong token), or one for an
+        execution that is not its job's current, open one (stale or replayed), changes
+        nothing but the job's history ("forged-notification", "stale-message").
+        Status codes: INVALID_ARGUMENT (no execution id or token, or a body the adapter
+        cannot read), NOT_FOUND (no such distributor execution; runner executions report
+        through Scheduler.Connect), PERMISSION_DENIED (wrong token), FAILED_PRECONDITION
+        (the execution is no longer current), UNAVAILABLE (its distributor is not
+        configured on this replica).
         """
 
     @_abc_1.abstractmethod
@@ -125,6 +150,20 @@ class DistributorServicer(metaclass=_abc_1.ABCMeta):
 
         Called by: backends (distributor token) and operators (admin token). Changes
         nothing. Status codes: none beyond auth.
+        """
+
+    @_abc_1.abstractmethod
+    def ValidateConfig(
+        self,
+        request: _distributor_pb2.ValidateConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_distributor_pb2.ValidateConfigResponse, _abc.Awaitable[_distributor_pb2.ValidateConfigResponse]]:
+        """ValidateConfig checks a distributor configuration with its adapter, as the
+        dispatcher does at start-up.
+
+        Called by: operators (admin token) and backends (distributor token) before they
+        deploy a config. Changes nothing. Status codes: INVALID_ARGUMENT (no kind, an
+        unknown kind, or a config the adapter refuses: the adapter's message).
         """
 
 def add_DistributorServicer_to_server(servicer: DistributorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

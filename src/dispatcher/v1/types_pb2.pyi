@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -217,7 +218,8 @@ class JobSpec(_message.Message):
     """Submitting again with the same idempotency key returns the first job."""
     distributor: _builtins.str
     """Run on this distributor instead of the runner pool. Empty or "runners": the
-    runner pool, the only distributor so far; any other name is INVALID_ARGUMENT.
+    runner pool; any other name must be a configured distributor instance
+    (Distributor.ListDistributors), else INVALID_ARGUMENT.
     """
     on_lost: Global___OnLostPolicy.ValueType
     subject: _builtins.str
@@ -363,6 +365,7 @@ class Job(_message.Message):
     SCHEDULE_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
     LOSSES_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     state: Global___JobState.ValueType
     info: _builtins.str
@@ -398,6 +401,10 @@ class Job(_message.Message):
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobEvent]:
         """Filled by GetJob; empty in lists."""
 
+    @_builtins.property
+    def raw(self) -> _struct_pb2.Struct:
+        """Raw JSON that backends reported about the job, merged key by key (SPEC §7)."""
+
     def __init__(
         self,
         *,
@@ -418,10 +425,11 @@ class Job(_message.Message):
         schedule: _builtins.str = ...,
         failures: _builtins.int = ...,
         losses: _builtins.int = ...,
+        raw: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "raw", b"raw", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "current_execution_id", b"current_execution_id", "duplicate_of", b"duplicate_of", "events", b"events", "executions", b"executions", "failures", b"failures", "finished_at", b"finished_at", "flavor", b"flavor", "id", b"id", "info", b"info", "losses", b"losses", "runner", b"runner", "schedule", b"schedule", "spec", b"spec", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "current_execution_id", b"current_execution_id", "duplicate_of", b"duplicate_of", "events", b"events", "executions", b"executions", "failures", b"failures", "finished_at", b"finished_at", "flavor", b"flavor", "id", b"id", "info", b"info", "losses", b"losses", "raw", b"raw", "runner", b"runner", "schedule", b"schedule", "spec", b"spec", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -446,6 +454,8 @@ class Execution(_message.Message):
     INFO_FIELD_NUMBER: _builtins.int
     LOGTAIL_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    DISTRIBUTOR_FIELD_NUMBER: _builtins.int
+    INFO_URL_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     job_id: _builtins.int
     number: _builtins.int
@@ -457,6 +467,10 @@ class Execution(_message.Message):
     logtail: _builtins.str
     """The last lines of the job's output, as the runner last reported them."""
     result: _builtins.bytes
+    distributor: _builtins.str
+    """The distributor instance running it; empty for runner executions."""
+    info_url: _builtins.str
+    """A page about the task on its backend, if the distributor has one."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -481,10 +495,12 @@ class Execution(_message.Message):
         info: _builtins.str = ...,
         logtail: _builtins.str = ...,
         result: _builtins.bytes = ...,
+        distributor: _builtins.str = ...,
+        info_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["committed_at", b"committed_at", "finished_at", b"finished_at", "last_heartbeat_at", b"last_heartbeat_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_at", b"committed_at", "finished_at", b"finished_at", "id", b"id", "info", b"info", "job_id", b"job_id", "last_heartbeat_at", b"last_heartbeat_at", "logtail", b"logtail", "number", b"number", "outcome", b"outcome", "result", b"result", "runner", b"runner", "session_id", b"session_id", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_at", b"committed_at", "distributor", b"distributor", "finished_at", b"finished_at", "id", b"id", "info", b"info", "info_url", b"info_url", "job_id", b"job_id", "last_heartbeat_at", b"last_heartbeat_at", "logtail", b"logtail", "number", b"number", "outcome", b"outcome", "result", b"result", "runner", b"runner", "session_id", b"session_id", "started_at", b"started_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -768,7 +784,7 @@ class Reason(_message.Message):
     code: _builtins.str
     """A stable word for scripts: not-due, back-off, dedupe, flavor-disabled,
     no-flavor, coalesce, no-runner, busy, queue, running, finished, due,
-    assigning.
+    assigning, backend-down (the job's distributor is down; `until` is since when).
     """
     text: _builtins.str
     """The same for people."""
