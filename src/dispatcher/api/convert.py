@@ -3,7 +3,7 @@ names, and an unknown number from a client is an INVALID_ARGUMENT naming the fie
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from dispatcher.domain.model import (
     JobFilter,
     JobSpec,
     Pressure,
+    Replica,
     RetryPolicy,
     Runner,
     RunnerHello,
@@ -215,6 +216,7 @@ def filter_from_proto(request: admin_pb2.ListJobsRequest) -> JobFilter:
         platform=request.platform,
         labels=frozenset(request.labels),
         runner=request.runner,
+        flavor=request.flavor,
         created_after=_time(
             request.created_after,
             present=request.HasField("created_after"),
@@ -433,4 +435,20 @@ def token_to_proto(token: Token) -> admin_pb2.Token:
         role=_ROLE_PB[token.role],
         created_at=_ts(token.created_at),
         last_used_at=_ts(token.last_used_at),
+    )
+
+
+# --- watch, replicas ----------------------------------------------------------------
+
+
+def states_from_proto(values: Iterable[int], field: str) -> frozenset[JobState]:
+    return frozenset(_enum(_JOB_STATE, s, field, "JobState") for s in values)
+
+
+def replica_to_proto(replica: Replica) -> admin_pb2.Replica:
+    return admin_pb2.Replica(
+        id=replica.id,
+        version=replica.version,
+        started_at=_ts(replica.started_at),
+        lease_until=_ts(replica.lease_until),
     )
