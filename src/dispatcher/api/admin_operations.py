@@ -44,7 +44,8 @@ class OperationsMixin:
             platform=request.platform,
             labels=frozenset(request.labels),
         )
-        async for change in self._ops.watch.changes(flt, request.after_cursor):
+        after = request.after_cursor if request.HasField("after_cursor") else None
+        async for change in self._ops.watch.changes(flt, after):
             response = admin_pb2.WatchJobsResponse(cursor=change.cursor)
             if change.event is not None:
                 response.event.CopyFrom(convert.event_to_proto(change.event))

@@ -124,19 +124,23 @@ class JobWatch:
         self._poll = poll_seconds
         self._batch = batch
 
-    async def start(self, after_cursor: int) -> int:
-        """Where a watch asked to start ``after_cursor`` begins (0: the newest event)."""
-        if after_cursor < 0:
-            raise InvalidInput(f"after_cursor must be 0 (from now) or a cursor, not {after_cursor}")
+    async def start(self, after_cursor: int | None) -> int:
+        """Where a watch asked to start after ``after_cursor`` begins (None: now)."""
+        if after_cursor is not None and after_cursor < 0:
+            raise InvalidInput(
+                f"after_cursor must be a cursor this server sent (0 or more), not {after_cursor}"
+            )
         newest = await self._ctx.db.run(event_store.newest_event_id)
+        if after_cursor is None:
+            return newest
         if after_cursor > newest:
             raise InvalidInput(
                 f"after_cursor {after_cursor} is ahead of the newest event ({newest}): "
-                "use a cursor this server sent, or 0 to start from now"
+                "use a cursor this server sent, or leave it unset to start from now"
             )
-        return after_cursor or newest
+        return after_cursor
 
-    async def changes(self, flt: WatchFilter, after_cursor: int) -> AsyncIterator[Change]:
+    async def changes(self, flt: WatchFilter, after_cursor: int | None) -> AsyncIterator[Change]:
         """The starting point, then every wanted change after it, forever."""
         cursor = await self.start(after_cursor)
         yield Change(cursor)

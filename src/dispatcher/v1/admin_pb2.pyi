@@ -1296,7 +1296,10 @@ class WatchJobsRequest(_message.Message):
     """Jobs of this queue / platform / carrying all these labels, as ListJobs."""
     platform: _builtins.str
     after_cursor: _builtins.int
-    """0: from now on. Otherwise a cursor this server sent: the events after it."""
+    """Unset: from now on. Set: the events after this cursor (one this server sent;
+    0 is before the first event). Unset rather than 0 means "now" because a watch of
+    an empty log starts at cursor 0, and resuming from it must lose nothing.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.JobState.ValueType]:
         """Events that moved a job into any of these states (the event's to_state); empty:
@@ -1313,13 +1316,15 @@ class WatchJobsRequest(_message.Message):
         queue: _builtins.str = ...,
         platform: _builtins.str = ...,
         labels: _abc.Iterable[_builtins.str] | None = ...,
-        after_cursor: _builtins.int = ...,
+        after_cursor: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_cursor", b"_after_cursor", "after_cursor", b"after_cursor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "labels", b"labels", "platform", b"platform", "queue", b"queue", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_cursor", b"_after_cursor", "after_cursor", b"after_cursor", "labels", b"labels", "platform", b"platform", "queue", b"queue", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__after_cursor: _TypeAlias = _typing.Literal["after_cursor"]  # noqa: Y015
+    _WhichOneofArgType__after_cursor: _TypeAlias = _typing.Literal["_after_cursor", b"_after_cursor"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_cursor) -> _WhichOneofReturnType__after_cursor | None: ...
 
 Global___WatchJobsRequest: _TypeAlias = WatchJobsRequest  # noqa: Y015
 

@@ -504,7 +504,7 @@ class AdminServicer:
         The stream lasts until the caller cancels it or the server stops.
 
         Changes nothing. Status codes: INVALID_ARGUMENT (bad state, negative cursor, a
-        cursor ahead of the newest event).
+        cursor ahead of the newest event: not one this database gave).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -214,7 +214,7 @@ class AdminStub:
     The stream lasts until the caller cancels it or the server stops.
 
     Changes nothing. Status codes: INVALID_ARGUMENT (bad state, negative cursor, a
-    cursor ahead of the newest event).
+    cursor ahead of the newest event: not one this database gave).
     """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RetryJobRequest, _admin_pb2.RetryJobResponse]
     """RetryJob runs a job that ended badly again, as a NEW job with the same spec:
@@ -443,7 +443,7 @@ class AdminAsyncStub(AdminStub):
     The stream lasts until the caller cancels it or the server stops.
 
     Changes nothing. Status codes: INVALID_ARGUMENT (bad state, negative cursor, a
-    cursor ahead of the newest event).
+    cursor ahead of the newest event: not one this database gave).
     """
     RetryJob: _aio.UnaryUnaryMultiCallable[_admin_pb2.RetryJobRequest, _admin_pb2.RetryJobResponse]  # type: ignore[assignment]
     """RetryJob runs a job that ended badly again, as a NEW job with the same spec:
@@ -843,7 +843,7 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         The stream lasts until the caller cancels it or the server stops.
 
         Changes nothing. Status codes: INVALID_ARGUMENT (bad state, negative cursor, a
-        cursor ahead of the newest event).
+        cursor ahead of the newest event: not one this database gave).
         """
 
     @_abc_1.abstractmethod
