@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from dispatcher.api.admin import AdminServicer, RuleServices, ServerIdentity
+from dispatcher.api.admin_operations import AdminOperations
 from dispatcher.api.auth import AuthInterceptor
 from dispatcher.api.decoding import DecodingInterceptor
 from dispatcher.api.distributor import DistributorServicer
@@ -39,11 +40,14 @@ from dispatcher.lifecycle.context import Context
 from dispatcher.lifecycle.executions import Executions
 from dispatcher.lifecycle.explain import Explainer
 from dispatcher.lifecycle.flavors import Flavors
+from dispatcher.lifecycle.fleet import Fleet
+from dispatcher.lifecycle.job_actions import JobActions
 from dispatcher.lifecycle.jobs import Jobs
 from dispatcher.lifecycle.schedules import Schedules
 from dispatcher.lifecycle.sessions import Sessions
 from dispatcher.lifecycle.status import Status
 from dispatcher.lifecycle.tokens import Tokens
+from dispatcher.lifecycle.watch import JobWatch
 from dispatcher.logs import ContextFilter
 from dispatcher.runners.hub import Hub, HubTiming
 from dispatcher.settings import Settings
@@ -253,6 +257,7 @@ async def create_server(
             identity,
             RuleServices(Flavors(ctx), schedules, Backoffs(ctx), Explainer(ctx)),
             tokens,
+            AdminOperations(JobWatch(ctx), JobActions(ctx), Fleet(ctx, sessions)),
         ),
         server,
     )

@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from dispatcher import __version__
 from dispatcher.api import convert
+from dispatcher.api.admin_operations import AdminOperations, OperationsMixin
 from dispatcher.domain.clock import Clock
 from dispatcher.domain.errors import InvalidInput
 from dispatcher.lifecycle.backoffs import Backoffs
@@ -48,7 +49,7 @@ class RuleServices:
     explainer: Explainer
 
 
-class AdminServicer(admin_pb2_grpc.AdminServicer):
+class AdminServicer(OperationsMixin, admin_pb2_grpc.AdminServicer):
     def __init__(
         self,
         jobs: Jobs,
@@ -58,7 +59,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         identity: ServerIdentity,
         rules: RuleServices,
         tokens: Tokens,
+        operations: AdminOperations,
     ) -> None:
+        self._ops = operations
         self._tokens = tokens
         self._jobs = jobs
         self._sessions = sessions
@@ -144,12 +147,16 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         started.FromDatetime(self._identity.started_at)
         uptime = Duration()
         uptime.FromTimedelta(now - self._identity.started_at)
+        replicas = await self._ops.fleet.replicas()
         return admin_pb2.GetServerInfoResponse(
             version=__version__,
             database=self._identity.database,
             replica_id=self._identity.replica_id,
             started_at=started,
             uptime=uptime,
+            live_replicas=len(replicas),
+            replicas=[convert.replica_to_proto(r) for r in replicas],
+            max_batch_size=self._ops.fleet.max_batch_size,
         )
 
     # --- history and explain -------------------------------------------------------

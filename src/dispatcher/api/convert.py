@@ -3,7 +3,7 @@ names, and an unknown number from a client is an INVALID_ARGUMENT naming the fie
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from dispatcher.domain.model import (
     JobFilter,
     JobSpec,
     Pressure,
+    Replica,
     RetryPolicy,
     Runner,
     RunnerHello,
@@ -216,6 +217,7 @@ def filter_from_proto(request: admin_pb2.ListJobsRequest) -> JobFilter:
         platform=request.platform,
         labels=frozenset(request.labels),
         runner=request.runner,
+        flavor=request.flavor,
         created_after=_time(
             request.created_after,
             present=request.HasField("created_after"),
@@ -446,3 +448,19 @@ def _struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
     message = struct_pb2.Struct()
     message.update(dict(value))
     return message
+
+
+# --- watch, replicas ----------------------------------------------------------------
+
+
+def states_from_proto(values: Iterable[int], field: str) -> frozenset[JobState]:
+    return frozenset(_enum(_JOB_STATE, s, field, "JobState") for s in values)
+
+
+def replica_to_proto(replica: Replica) -> admin_pb2.Replica:
+    return admin_pb2.Replica(
+        id=replica.id,
+        version=replica.version,
+        started_at=_ts(replica.started_at),
+        lease_until=_ts(replica.lease_until),
+    )

@@ -140,6 +140,12 @@ class Admin:
             )
         )
 
+    def watch_jobs(
+        self, request: admin_pb2.WatchJobsRequest
+    ) -> Iterator[admin_pb2.WatchJobsResponse]:
+        """The job change stream; no deadline, it lasts until the caller stops."""
+        return iter(self._stub.WatchJobs(request, metadata=self._kwargs["metadata"]))
+
     def create_token(
         self, name: str, role: admin_pb2.TokenRole.ValueType
     ) -> admin_pb2.CreateTokenResponse:

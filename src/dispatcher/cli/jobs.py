@@ -275,6 +275,7 @@ def jobs() -> None:
 @click.option("--platform", default="", help="Only jobs for this platform.")
 @click.option("--label", "labels", multiple=True, metavar="LABEL", help="Only jobs with LABEL.")
 @click.option("--runner", default="", help="Only jobs held by this runner.")
+@click.option("--flavor", default="", help="Only jobs assigned to this flavor.")
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -290,6 +291,7 @@ def list_jobs(
     platform: str,
     labels: tuple[str, ...],
     runner: str,
+    flavor: str,
     limit: int | None,
     everything: bool,
     page_token: str,
@@ -304,6 +306,7 @@ def list_jobs(
         platform=platform,
         labels=labels,
         runner=runner,
+        flavor=flavor,
         page_token=page_token,
     )
     found = _collect(admin, request, None if everything else limit or DEFAULT_LIMIT)

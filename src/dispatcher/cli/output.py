@@ -251,6 +251,8 @@ def server_info(info: admin_pb2.GetServerInfoResponse) -> str:
             ("replica", _or_none(info.replica_id)),
             ("started", timestamp(info.started_at)),
             ("uptime", span(info.uptime.ToTimedelta())),
+            ("live replicas", f"{info.live_replicas} ({', '.join(r.id for r in info.replicas)})"),
+            ("max batch", str(info.max_batch_size)),
         ],
         indent="",
     )

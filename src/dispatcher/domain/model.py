@@ -167,6 +167,7 @@ class JobFilter:
     runner: str = ""
     created_after: datetime | None = None
     created_before: datetime | None = None
+    flavor: str = ""
 
 
 @dataclass(frozen=True)
@@ -276,3 +277,13 @@ class Verdict:
     job_id: int | None = None
     new_state: JobState | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A dispatcher process sharing the database (SPEC §9); dead once its lease passed."""
+
+    id: str
+    version: str
+    started_at: datetime
+    lease_until: datetime

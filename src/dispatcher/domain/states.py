@@ -7,7 +7,7 @@ execution id), so a late message about an old execution never changes a job.
 Who moves a job out of each state:
 - NOTICED: the scheduler, when the job becomes runnable (``queue``) or its original with
   the same dedupe key ends well (``duplicate``); the deadline sweep (``expire``); an
-  operator (``cancel``).
+  operator (``cancel``, ``delete``).
 - QUEUED: the scheduler, binding it to a runner session (``claim``) or holding it back
   again (``hold``: back-off, flavor disabled); the deadline sweep; an operator.
 - BUILDING: the runner holding it (``succeed``/``fail``/``retry``/``doom``/``refuse``/
@@ -116,6 +116,10 @@ DOOM = _t("doom", {_S.BUILDING}, _S.IRRECOVERABLE, "irrecoverable", ends=True)
 RECLAIM = _t("reclaim", {_S.BUILDING}, _S.QUEUED, "reclaimed", ends=True)
 REFUSE = _t("refuse", {_S.BUILDING}, _S.QUEUED, "refused", ends=True)
 CANCEL_WAITING = _t("cancel", {_S.NOTICED, _S.QUEUED}, _S.CANCELLED, "cancelled")
+# An operator takes a pending job that never started out of the queue (Admin DeleteJob).
+# A terminal state rather than a deleted row: history, watch cursors and idempotency
+# keys stay whole; the retention sweep removes the row with the other finished jobs.
+DELETE = _t("delete", {_S.NOTICED, _S.QUEUED}, _S.CANCELLED, "deleted")
 CONFIRM_CANCEL = _t("confirm_cancel", {_S.BUILDING}, _S.CANCELLED, "cancelled", ends=True)
 # A distributor's permanent refusal to run the job (SPEC §7): it never will.
 REJECT = _t("reject", {_S.BUILDING}, _S.NOT_FOR_US, "rejected", ends=True)
@@ -142,6 +146,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     CANCEL_WAITING,
     CONFIRM_CANCEL,
     REJECT,
+    DELETE,
 )
 
 # Every (from, to) pair the table allows; None stands for "no job yet".

@@ -202,7 +202,10 @@ class Jobs:
     async def claim(self, demands: Sequence[Demand]) -> list[Assignment]:
         """Bind waiting jobs to runner sessions with free slots, all in one transaction:
         each claimed job moves QUEUED -> BUILDING with a new execution and an event."""
-        return await self._ctx.db.run(lambda conn: self._claim(conn, demands))
+        assignments = await self._ctx.db.run(lambda conn: self._claim(conn, demands))
+        if assignments:
+            self._ctx.changes.fire()  # watchers (WatchJobs, pressure) read the moves now
+        return assignments
 
     def _claim(self, conn: Connection, demands: Sequence[Demand]) -> list[Assignment]:
         now = self._ctx.clock.now()

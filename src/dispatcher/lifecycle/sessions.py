@@ -118,6 +118,12 @@ class Sessions:
             self._ctx.wake()
         return moved
 
+    def close_in(
+        self, conn: Connection, session_id: int, reason: str
+    ) -> list[tuple[int, JobState]]:
+        """``close`` in the caller's transaction (an eviction closes several at once)."""
+        return self._close(conn, session_id, reason)
+
     def _close(self, conn: Connection, session_id: int, reason: str) -> list[tuple[int, JobState]]:
         now = self._ctx.clock.now()
         if not store.close_session(conn, session_id, reason, now):

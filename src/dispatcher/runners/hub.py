@@ -237,6 +237,16 @@ class Hub:
         session.send(order)
         return True
 
+    def end_streams(self, name: str) -> int:
+        """End the streams of runner ``name`` on this replica whose sessions were closed
+        already (an eviction): they are forgotten here, so their handlers neither detach
+        nor close them again. Returns how many ended."""
+        ended = [s for s in self._live.values() if s.name == name]
+        for session in ended:
+            del self._live[session.id]
+            session.end()
+        return len(ended)
+
     async def set_draining(self, name: str, draining: bool, reason: str) -> Runner:
         runner = await self._sessions.set_draining(name, draining)
         for session in self._live.values():

@@ -283,6 +283,8 @@ def list_jobs(conn: Connection, flt: JobFilter, *, before_id: int | None, limit:
     if flt.runner:
         conds.append(_J.state == JobState.BUILDING.value)
         conds.append(_E.runner_name == flt.runner)
+    if flt.flavor:
+        conds.append(flavors.c.name == flt.flavor)
     if flt.created_after:
         conds.append(_J.created_at >= flt.created_after)
     if flt.created_before:

@@ -181,6 +181,31 @@ class AdminStub:
                 request_serializer=dispatcher_dot_v1_dot_admin__pb2.DeleteTokenRequest.SerializeToString,
                 response_deserializer=dispatcher_dot_v1_dot_admin__pb2.DeleteTokenResponse.FromString,
                 _registered_method=True)
+        self.WatchJobs = channel.unary_stream(
+                '/dispatcher.v1.Admin/WatchJobs',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.WatchJobsResponse.FromString,
+                _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/dispatcher.v1.Admin/RetryJob',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.RetryJobRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.RetryJobResponse.FromString,
+                _registered_method=True)
+        self.RunJobNow = channel.unary_unary(
+                '/dispatcher.v1.Admin/RunJobNow',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.RunJobNowRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.RunJobNowResponse.FromString,
+                _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/dispatcher.v1.Admin/DeleteJob',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
+        self.EvictRunner = channel.unary_unary(
+                '/dispatcher.v1.Admin/EvictRunner',
+                request_serializer=dispatcher_dot_v1_dot_admin__pb2.EvictRunnerRequest.SerializeToString,
+                response_deserializer=dispatcher_dot_v1_dot_admin__pb2.EvictRunnerResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -466,6 +491,81 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchJobs(self, request, context):
+        """WatchJobs streams job changes: one message per event of a job's history (SPEC
+        §8 watch), oldest first, each with the job as it is when sent and a cursor.
+
+        Called by: services that follow jobs instead of polling, and `dispatcher jobs
+        watch`. The first message carries only a cursor: where the watch starts. Later
+        messages without an event are progress marks (events the filters left out were
+        passed); keep their cursor too. To resume after a disconnect, send the last
+        cursor received as after_cursor: every event after it comes exactly once, in
+        order (events still kept: finished jobs are forgotten after rules.retention).
+        The stream lasts until the caller cancels it or the server stops.
+
+        Changes nothing. Status codes: INVALID_ARGUMENT (bad state, negative cursor, a
+        cursor ahead of the newest event: not one this database gave).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryJob(self, request, context):
+        """RetryJob runs a job that ended badly again, as a NEW job with the same spec:
+        the old job keeps its terminal state (SPEC §4).
+
+        Called by: operators and services. Changes: admits a new job with the original's
+        spec (no idempotency key, no not_before, no origin time; the scheduling rules
+        apply to it as to any submission), with a "retry-of" event naming the original;
+        the original gets a "retried" event naming the new job. Status codes:
+        INVALID_ARGUMENT (no id), NOT_FOUND, FAILED_PRECONDITION (the job is not FAILED,
+        CANCELLED, IRRECOVERABLE or NOT_FOR_US).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunJobNow(self, request, context):
+        """RunJobNow makes a NOTICED job that waits for its due time (not_before, a retry
+        delay) due now; it becomes QUEUED as soon as nothing else holds it.
+
+        Called by: operators. Changes: the job's not_before becomes now, with a
+        "run-now" event. Status codes: INVALID_ARGUMENT (no id), NOT_FOUND,
+        FAILED_PRECONDITION (the job is not NOTICED, or is due already and waits for
+        something else: ExplainJob says what).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """DeleteJob takes a pending job that never started out of the queue.
+
+        Called by: operators. Changes: NOTICED or QUEUED (attempt 0) -> CANCELLED with a
+        "deleted" event. The row stays until the retention sweep removes it with the
+        other finished jobs, so the history, watch cursors and the job's idempotency key
+        (the replay window) stay whole. Status codes: INVALID_ARGUMENT (no id),
+        NOT_FOUND, FAILED_PRECONDITION (started before, building or finished: use
+        CancelJob or leave it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvictRunner(self, request, context):
+        """EvictRunner cuts a runner off now: as if its stream died and would not come
+        back.
+
+        Called by: operators (a wedged build machine). Changes: every open session of
+        the runner is closed (no re-attach); its BUILDING jobs follow their on-lost
+        policy at once; the runner is OFFLINE; its stream on this replica ends. It may
+        connect again as a new session (delete its token to keep it out). Status codes:
+        INVALID_ARGUMENT (no name), NOT_FOUND (unknown runner).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -608,6 +708,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DeleteToken,
                     request_deserializer=dispatcher_dot_v1_dot_admin__pb2.DeleteTokenRequest.FromString,
                     response_serializer=dispatcher_dot_v1_dot_admin__pb2.DeleteTokenResponse.SerializeToString,
+            ),
+            'WatchJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobs,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.WatchJobsRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.WatchJobsResponse.SerializeToString,
+            ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.RetryJobRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.RetryJobResponse.SerializeToString,
+            ),
+            'RunJobNow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunJobNow,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.RunJobNowRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.RunJobNowResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.DeleteJobRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.DeleteJobResponse.SerializeToString,
+            ),
+            'EvictRunner': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvictRunner,
+                    request_deserializer=dispatcher_dot_v1_dot_admin__pb2.EvictRunnerRequest.FromString,
+                    response_serializer=dispatcher_dot_v1_dot_admin__pb2.EvictRunnerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1373,6 +1498,141 @@ class Admin:
             '/dispatcher.v1.Admin/DeleteToken',
             dispatcher_dot_v1_dot_admin__pb2.DeleteTokenRequest.SerializeToString,
             dispatcher_dot_v1_dot_admin__pb2.DeleteTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dispatcher.v1.Admin/WatchJobs',
+            dispatcher_dot_v1_dot_admin__pb2.WatchJobsRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.WatchJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/RetryJob',
+            dispatcher_dot_v1_dot_admin__pb2.RetryJobRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.RetryJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunJobNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/RunJobNow',
+            dispatcher_dot_v1_dot_admin__pb2.RunJobNowRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.RunJobNowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/DeleteJob',
+            dispatcher_dot_v1_dot_admin__pb2.DeleteJobRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.DeleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvictRunner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatcher.v1.Admin/EvictRunner',
+            dispatcher_dot_v1_dot_admin__pb2.EvictRunnerRequest.SerializeToString,
+            dispatcher_dot_v1_dot_admin__pb2.EvictRunnerResponse.FromString,
             options,
             channel_credentials,
             insecure,

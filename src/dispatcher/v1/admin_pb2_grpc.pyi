@@ -201,6 +201,61 @@ class AdminStub:
     sessions) are closed within seconds. Status codes: INVALID_ARGUMENT (no name),
     NOT_FOUND.
     """
+    WatchJobs: _grpc.UnaryStreamMultiCallable[_admin_pb2.WatchJobsRequest, _admin_pb2.WatchJobsResponse]
+    """WatchJobs streams job changes: one message per event of a job's history (SPEC
+    §8 watch), oldest first, each with the job as it is when sent and a cursor.
+
+    Called by: services that follow jobs instead of polling, and `dispatcher jobs
+    watch`. The first message carries only a cursor: where the watch starts. Later
+    messages without an event are progress marks (events the filters left out were
+    passed); keep their cursor too. To resume after a disconnect, send the last
+    cursor received as after_cursor: every event after it comes exactly once, in
+    order (events still kept: finished jobs are forgotten after rules.retention).
+    The stream lasts until the caller cancels it or the server stops.
+
+    Changes nothing. Status codes: INVALID_ARGUMENT (bad state, negative cursor, a
+    cursor ahead of the newest event: not one this database gave).
+    """
+    RetryJob: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RetryJobRequest, _admin_pb2.RetryJobResponse]
+    """RetryJob runs a job that ended badly again, as a NEW job with the same spec:
+    the old job keeps its terminal state (SPEC §4).
+
+    Called by: operators and services. Changes: admits a new job with the original's
+    spec (no idempotency key, no not_before, no origin time; the scheduling rules
+    apply to it as to any submission), with a "retry-of" event naming the original;
+    the original gets a "retried" event naming the new job. Status codes:
+    INVALID_ARGUMENT (no id), NOT_FOUND, FAILED_PRECONDITION (the job is not FAILED,
+    CANCELLED, IRRECOVERABLE or NOT_FOR_US).
+    """
+    RunJobNow: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RunJobNowRequest, _admin_pb2.RunJobNowResponse]
+    """RunJobNow makes a NOTICED job that waits for its due time (not_before, a retry
+    delay) due now; it becomes QUEUED as soon as nothing else holds it.
+
+    Called by: operators. Changes: the job's not_before becomes now, with a
+    "run-now" event. Status codes: INVALID_ARGUMENT (no id), NOT_FOUND,
+    FAILED_PRECONDITION (the job is not NOTICED, or is due already and waits for
+    something else: ExplainJob says what).
+    """
+    DeleteJob: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteJobRequest, _admin_pb2.DeleteJobResponse]
+    """DeleteJob takes a pending job that never started out of the queue.
+
+    Called by: operators. Changes: NOTICED or QUEUED (attempt 0) -> CANCELLED with a
+    "deleted" event. The row stays until the retention sweep removes it with the
+    other finished jobs, so the history, watch cursors and the job's idempotency key
+    (the replay window) stay whole. Status codes: INVALID_ARGUMENT (no id),
+    NOT_FOUND, FAILED_PRECONDITION (started before, building or finished: use
+    CancelJob or leave it).
+    """
+    EvictRunner: _grpc.UnaryUnaryMultiCallable[_admin_pb2.EvictRunnerRequest, _admin_pb2.EvictRunnerResponse]
+    """EvictRunner cuts a runner off now: as if its stream died and would not come
+    back.
+
+    Called by: operators (a wedged build machine). Changes: every open session of
+    the runner is closed (no re-attach); its BUILDING jobs follow their on-lost
+    policy at once; the runner is OFFLINE; its stream on this replica ends. It may
+    connect again as a new session (delete its token to keep it out). Status codes:
+    INVALID_ARGUMENT (no name), NOT_FOUND (unknown runner).
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -374,6 +429,61 @@ class AdminAsyncStub(AdminStub):
     once on this replica and within seconds on others; its open streams (runner
     sessions) are closed within seconds. Status codes: INVALID_ARGUMENT (no name),
     NOT_FOUND.
+    """
+    WatchJobs: _aio.UnaryStreamMultiCallable[_admin_pb2.WatchJobsRequest, _admin_pb2.WatchJobsResponse]  # type: ignore[assignment]
+    """WatchJobs streams job changes: one message per event of a job's history (SPEC
+    §8 watch), oldest first, each with the job as it is when sent and a cursor.
+
+    Called by: services that follow jobs instead of polling, and `dispatcher jobs
+    watch`. The first message carries only a cursor: where the watch starts. Later
+    messages without an event are progress marks (events the filters left out were
+    passed); keep their cursor too. To resume after a disconnect, send the last
+    cursor received as after_cursor: every event after it comes exactly once, in
+    order (events still kept: finished jobs are forgotten after rules.retention).
+    The stream lasts until the caller cancels it or the server stops.
+
+    Changes nothing. Status codes: INVALID_ARGUMENT (bad state, negative cursor, a
+    cursor ahead of the newest event: not one this database gave).
+    """
+    RetryJob: _aio.UnaryUnaryMultiCallable[_admin_pb2.RetryJobRequest, _admin_pb2.RetryJobResponse]  # type: ignore[assignment]
+    """RetryJob runs a job that ended badly again, as a NEW job with the same spec:
+    the old job keeps its terminal state (SPEC §4).
+
+    Called by: operators and services. Changes: admits a new job with the original's
+    spec (no idempotency key, no not_before, no origin time; the scheduling rules
+    apply to it as to any submission), with a "retry-of" event naming the original;
+    the original gets a "retried" event naming the new job. Status codes:
+    INVALID_ARGUMENT (no id), NOT_FOUND, FAILED_PRECONDITION (the job is not FAILED,
+    CANCELLED, IRRECOVERABLE or NOT_FOR_US).
+    """
+    RunJobNow: _aio.UnaryUnaryMultiCallable[_admin_pb2.RunJobNowRequest, _admin_pb2.RunJobNowResponse]  # type: ignore[assignment]
+    """RunJobNow makes a NOTICED job that waits for its due time (not_before, a retry
+    delay) due now; it becomes QUEUED as soon as nothing else holds it.
+
+    Called by: operators. Changes: the job's not_before becomes now, with a
+    "run-now" event. Status codes: INVALID_ARGUMENT (no id), NOT_FOUND,
+    FAILED_PRECONDITION (the job is not NOTICED, or is due already and waits for
+    something else: ExplainJob says what).
+    """
+    DeleteJob: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteJobRequest, _admin_pb2.DeleteJobResponse]  # type: ignore[assignment]
+    """DeleteJob takes a pending job that never started out of the queue.
+
+    Called by: operators. Changes: NOTICED or QUEUED (attempt 0) -> CANCELLED with a
+    "deleted" event. The row stays until the retention sweep removes it with the
+    other finished jobs, so the history, watch cursors and the job's idempotency key
+    (the replay window) stay whole. Status codes: INVALID_ARGUMENT (no id),
+    NOT_FOUND, FAILED_PRECONDITION (started before, building or finished: use
+    CancelJob or leave it).
+    """
+    EvictRunner: _aio.UnaryUnaryMultiCallable[_admin_pb2.EvictRunnerRequest, _admin_pb2.EvictRunnerResponse]  # type: ignore[assignment]
+    """EvictRunner cuts a runner off now: as if its stream died and would not come
+    back.
+
+    Called by: operators (a wedged build machine). Changes: every open session of
+    the runner is closed (no re-attach); its BUILDING jobs follow their on-lost
+    policy at once; the runner is OFFLINE; its stream on this replica ends. It may
+    connect again as a new session (delete its token to keep it out). Status codes:
+    INVALID_ARGUMENT (no name), NOT_FOUND (unknown runner).
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
@@ -713,6 +823,91 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         once on this replica and within seconds on others; its open streams (runner
         sessions) are closed within seconds. Status codes: INVALID_ARGUMENT (no name),
         NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchJobs(
+        self,
+        request: _admin_pb2.WatchJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.WatchJobsResponse], _abc.AsyncIterator[_admin_pb2.WatchJobsResponse]]:
+        """WatchJobs streams job changes: one message per event of a job's history (SPEC
+        §8 watch), oldest first, each with the job as it is when sent and a cursor.
+
+        Called by: services that follow jobs instead of polling, and `dispatcher jobs
+        watch`. The first message carries only a cursor: where the watch starts. Later
+        messages without an event are progress marks (events the filters left out were
+        passed); keep their cursor too. To resume after a disconnect, send the last
+        cursor received as after_cursor: every event after it comes exactly once, in
+        order (events still kept: finished jobs are forgotten after rules.retention).
+        The stream lasts until the caller cancels it or the server stops.
+
+        Changes nothing. Status codes: INVALID_ARGUMENT (bad state, negative cursor, a
+        cursor ahead of the newest event: not one this database gave).
+        """
+
+    @_abc_1.abstractmethod
+    def RetryJob(
+        self,
+        request: _admin_pb2.RetryJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RetryJobResponse, _abc.Awaitable[_admin_pb2.RetryJobResponse]]:
+        """RetryJob runs a job that ended badly again, as a NEW job with the same spec:
+        the old job keeps its terminal state (SPEC §4).
+
+        Called by: operators and services. Changes: admits a new job with the original's
+        spec (no idempotency key, no not_before, no origin time; the scheduling rules
+        apply to it as to any submission), with a "retry-of" event naming the original;
+        the original gets a "retried" event naming the new job. Status codes:
+        INVALID_ARGUMENT (no id), NOT_FOUND, FAILED_PRECONDITION (the job is not FAILED,
+        CANCELLED, IRRECOVERABLE or NOT_FOR_US).
+        """
+
+    @_abc_1.abstractmethod
+    def RunJobNow(
+        self,
+        request: _admin_pb2.RunJobNowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RunJobNowResponse, _abc.Awaitable[_admin_pb2.RunJobNowResponse]]:
+        """RunJobNow makes a NOTICED job that waits for its due time (not_before, a retry
+        delay) due now; it becomes QUEUED as soon as nothing else holds it.
+
+        Called by: operators. Changes: the job's not_before becomes now, with a
+        "run-now" event. Status codes: INVALID_ARGUMENT (no id), NOT_FOUND,
+        FAILED_PRECONDITION (the job is not NOTICED, or is due already and waits for
+        something else: ExplainJob says what).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteJob(
+        self,
+        request: _admin_pb2.DeleteJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteJobResponse, _abc.Awaitable[_admin_pb2.DeleteJobResponse]]:
+        """DeleteJob takes a pending job that never started out of the queue.
+
+        Called by: operators. Changes: NOTICED or QUEUED (attempt 0) -> CANCELLED with a
+        "deleted" event. The row stays until the retention sweep removes it with the
+        other finished jobs, so the history, watch cursors and the job's idempotency key
+        (the replay window) stay whole. Status codes: INVALID_ARGUMENT (no id),
+        NOT_FOUND, FAILED_PRECONDITION (started before, building or finished: use
+        CancelJob or leave it).
+        """
+
+    @_abc_1.abstractmethod
+    def EvictRunner(
+        self,
+        request: _admin_pb2.EvictRunnerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.EvictRunnerResponse, _abc.Awaitable[_admin_pb2.EvictRunnerResponse]]:
+        """EvictRunner cuts a runner off now: as if its stream died and would not come
+        back.
+
+        Called by: operators (a wedged build machine). Changes: every open session of
+        the runner is closed (no re-attach); its BUILDING jobs follow their on-lost
+        policy at once; the runner is OFFLINE; its stream on this replica ends. It may
+        connect again as a new session (delete its token to keep it out). Status codes:
+        INVALID_ARGUMENT (no name), NOT_FOUND (unknown runner).
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
