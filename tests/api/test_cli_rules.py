@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 from tests.api.test_cli import Invoke, cli, server_address  # noqa: F401 (fixtures)
 
@@ -100,3 +101,24 @@ def test_submit_options_explain_and_history(cli: Invoke) -> None:  # noqa: F811
         cli("backoffs", "list").stdout.strip() in ("no back-offs",)
         or "SUBJECT" in cli("backoffs", "list").stdout
     )
+
+
+def test_distributors_list_and_validate(cli: Invoke, tmp_path: Path) -> None:  # noqa: F811
+    listed = cli("distributors", "list")
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.splitlines()[0].split()[:2] == ["NAME", "KIND"]
+    assert any(line.split()[0] == "runners" for line in listed.stdout.splitlines()[1:])
+    good = tmp_path / "good.json"
+    good.write_text('{"kill_grace_seconds": 2}')
+    valid = cli("distributors", "validate", "subprocess", str(good))
+    assert valid.exit_code == 0, valid.output
+    assert valid.stdout.strip() == "valid subprocess config"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"colour": "blue"}')
+    refused = cli("distributors", "validate", "subprocess", str(bad))
+    assert refused.exit_code == 1, refused.output
+    assert "INVALID_ARGUMENT" in refused.stderr
+    assert "colour" in refused.stderr
+    unknown = cli("distributors", "validate", "teleporter", str(good))
+    assert unknown.exit_code == 1
+    assert "teleporter" in unknown.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from dispatcher import __version__
-from dispatcher.cli import jobs, operate, rules, server, tokens
+from dispatcher.cli import distributors, jobs, operate, rules, server, tokens
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,3 +19,4 @@ jobs.register(main)
 rules.register(main, jobs.jobs)
 tokens.register(main)
 operate.register(main, jobs.jobs, jobs.runners)
+distributors.register(main)

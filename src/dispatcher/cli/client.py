@@ -95,6 +95,7 @@ class Admin:
     """Typed calls to the Admin service over one channel."""
 
     def __init__(self, channel: grpc.Channel, endpoint: Endpoint) -> None:
+        self.channel = channel
         self._stub = admin_pb2_grpc.AdminStub(channel)
         self._kwargs: dict[str, Any] = {
             "metadata": endpoint.metadata(),
@@ -127,6 +128,12 @@ class Admin:
 
     def server_info(self) -> admin_pb2.GetServerInfoResponse:
         return self._stub.GetServerInfo(admin_pb2.GetServerInfoRequest(), **self._kwargs)
+
+    def call_on(self, method: Callable[..., Any], request: Message) -> Any:
+        """A unary call of another service's stub on this channel, with the token and
+        deadline of every call (the Distributor service takes admin tokens for its
+        read-only calls)."""
+        return method(request, **self._kwargs)
 
     def call(self, rpc: str, request: Message) -> Any:
         """Any unary Admin RPC by name: ``admin.call("ListFlavors", request)``."""
