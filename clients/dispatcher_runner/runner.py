@@ -40,7 +40,7 @@ import grpc.aio
 
 from dispatcher.v1 import scheduler_pb2, scheduler_pb2_grpc, types_pb2
 from dispatcher_runner import host_platform
-from dispatcher_runner.process import DEFAULT_KILL_GRACE, JobProcess
+from dispatcher_runner.process import DEFAULT_KILL_GRACE, JobProcess, ProcessResult
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,11 @@ class Backoff:
 
     def reset(self) -> None:
         self._current = self._initial
+
+
+def _ended_on_its_own(result: ProcessResult) -> bool:
+    """The process exited by itself, not by the signal that stopped it."""
+    return result.returncode is not None and result.returncode >= 0
 
 
 class _Ending(enum.Enum):
@@ -653,9 +658,11 @@ class Runner:
         if execution.ending is _Ending.CANCELLED:
             log.info("execution %d: killed (%s)", execution_id, result.info, extra=extra)
             await self._send(_cancel_ack(execution_id), keep=True)
-        elif execution.ending is _Ending.ABANDONED:
+        elif execution.ending is _Ending.ABANDONED and not _ended_on_its_own(result):
             log.info("execution %d: abandoned (%s)", execution_id, result.info, extra=extra)
         else:
+            # A job given up while it was finishing (say, the runner was frozen) still
+            # reports: the dispatcher refuses the late result and records the refusal.
             log.info(
                 "execution %d: job %d %s: %s",
                 execution_id,

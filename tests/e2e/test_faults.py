@@ -159,6 +159,10 @@ def test_a_frozen_runner_loses_its_jobs_and_its_late_results_are_refused(
         [job_id] = submit(admin, ["sleep", "1"], 1, types_pb2.ON_LOST_POLICY_REQUEUE)
         with runner_process(server.address, "frozen", tmp_path, *runner_args(1)) as runner:
             wait_for(lambda: states(admin, [job_id]) == [BUILDING], 20)
+            # Freeze it only once the job runs: a runner frozen before it read the
+            # assignment never runs the job, and then has no late result to report.
+            log = tmp_path / "runner-frozen.log"
+            wait_for(lambda: "started job" in log.read_text(), 20)
             runner.send_signal(signal.SIGSTOP)
             stopped_at = time.monotonic()
             wait_for(lambda: states(admin, [job_id]) != [BUILDING], HEARTBEAT_TIMEOUT + 2)
