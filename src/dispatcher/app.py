@@ -280,7 +280,7 @@ async def create_server(
         if verify_admin_token is None:
             verify_admin_token = _admin_token_check(tokens)
         access = Access(open=settings.http_open, verify_admin_token=verify_admin_token)
-        deps = WebDeps(jobs, Status(ctx), metrics, clock, access)
+        deps = WebDeps(jobs, Status(ctx), metrics, clock, access, Explainer(ctx))
         web = WebServer(build_web(deps), settings.http_listen)
     return Server(
         settings,

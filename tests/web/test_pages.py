@@ -8,7 +8,8 @@ import re
 import aiohttp
 import pytest
 
-from tests.support.server import open_channel, running_server
+from dispatcher.v1 import admin_pb2, types_pb2
+from tests.support.server import admin, open_channel, running_server
 from tests.web.workload import UNSERVED, spec, submit
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -71,3 +72,25 @@ async def test_the_page_escapes_what_submitters_wrote(database_url: str) -> None
             page = await response.text()
         assert "<script>x</script>" not in page
         assert "&lt;script&gt;x&lt;/script&gt;" in page
+
+
+async def test_a_waiting_job_page_says_why_and_jobs_filter_by_flavor(database_url: str) -> None:
+    async with (
+        running_server(database_url) as server,
+        open_channel(server) as channel,
+        aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as http,
+    ):
+        await admin(channel).AddFlavor(
+            admin_pb2.AddFlavorRequest(
+                flavor=types_pb2.Flavor(name="mips-big", platform=UNSERVED, enabled=True)
+            )
+        )
+        flavored = await submit(channel, spec(UNSERVED, queue="q"))
+        other = await submit(channel, spec("haiku/x86_64", queue="q"))
+        async with http.get("/", params={"flavor": "mips-big"}) as response:
+            assert job_ids(await response.text()) == [flavored]
+        async with http.get(f"/jobs/{other}") as response:
+            page = await response.text()
+        assert 'id="explain"' in page
+        assert "no-runner" in page
+        assert "no online runner with platform haiku/x86_64" in page

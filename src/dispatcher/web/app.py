@@ -21,6 +21,7 @@ from dispatcher.domain.clock import Clock
 from dispatcher.domain.errors import InvalidInput, NotFound, Unavailable
 from dispatcher.domain.model import JobFilter
 from dispatcher.domain.states import JobState
+from dispatcher.lifecycle.explain import Explainer
 from dispatcher.lifecycle.jobs import Jobs, encode_page_token
 from dispatcher.lifecycle.status import Status
 from dispatcher.web import html, pages
@@ -57,6 +58,7 @@ class WebDeps:
     metrics: Metrics
     clock: Clock
     access: Access
+    explainer: Explainer | None = None
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -184,7 +186,9 @@ class _Handlers:
         except ValueError:
             raise web.HTTPBadRequest(text="limit must be a number\n") from None
         limit = max(1, min(limit, MAX_PAGE_SIZE))
-        flt = JobFilter(states=states, queue=q.get("queue", "").strip())
+        flt = JobFilter(
+            states=states, queue=q.get("queue", "").strip(), flavor=q.get("flavor", "").strip()
+        )
         try:
             page = await self._d.jobs.page(flt, page_size=limit, page_token=q.get("before", ""))
         except InvalidInput as exc:
@@ -202,7 +206,11 @@ class _Handlers:
             job = await self._d.jobs.get(int(raw))
         except NotFound as exc:
             raise web.HTTPNotFound(text=f"{exc}\n") from None
-        return self._html(request, f"job {job.id}", pages.job_page(job, self._d.clock.now()))
+        explanation = None
+        if job.state in (JobState.NOTICED, JobState.QUEUED) and self._d.explainer is not None:
+            explanation = await self._d.explainer.explain(job.id)
+        body = pages.job_page(job, self._d.clock.now(), explanation)
+        return self._html(request, f"job {job.id}", body)
 
     async def metrics(self, request: web.Request) -> web.Response:
         try:

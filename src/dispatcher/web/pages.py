@@ -6,7 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from urllib.parse import urlencode
 
-from dispatcher.domain.model import Execution, Job, JobEvent, JobFilter, Page, Pressure
+from dispatcher.domain.model import (
+    Execution,
+    Explanation,
+    Job,
+    JobEvent,
+    JobFilter,
+    Page,
+    Pressure,
+)
 from dispatcher.domain.states import JobState
 from dispatcher.lifecycle.status import Overview, RunnerView
 from dispatcher.web.html import e, state_badge, when
@@ -99,14 +107,17 @@ def jobs_table(page: Page, flt: JobFilter, limit: int, now: datetime, older: str
         rows = "".join(_job_row(job, now) for job in page.jobs)
     else:
         rows = '<tr><td colspan="8" class="muted">No jobs match.</td></tr>'
-    pager = [f'<a href="{e(_query(state=state, queue=flt.queue))}">newest</a>']
+    pager = [f'<a href="{e(_query(state=state, queue=flt.queue, flavor=flt.flavor))}">newest</a>']
     if older:
-        href = _query(state=state, queue=flt.queue, before=older, limit=str(limit))
+        href = _query(
+            state=state, queue=flt.queue, flavor=flt.flavor, before=older, limit=str(limit)
+        )
         pager.append(f'<a id="older" href="{e(href)}">older →</a>')
     return f"""<section id="jobs"><h2>Jobs <small>newest first</small></h2>
 <form class="filters" method="get" action="/">
 <label>state <select name="state"><option value="">any</option>{options}</select></label>
 <label>queue <input name="queue" value="{e(flt.queue)}" size="16"></label>
+<label>flavor <input name="flavor" value="{e(flt.flavor)}" size="16"></label>
 <button type="submit">Filter</button></form>
 <table><thead><tr><th class="num">id</th><th>state</th><th>queue</th><th>platform</th>
 <th>runner</th><th class="num">attempt</th><th>created</th><th>info</th></tr></thead>
@@ -159,7 +170,15 @@ def overview_page(
     )
 
 
-def job_page(job: Job, now: datetime) -> str:
+def explain_section(explanation: Explanation | None) -> str:
+    """Why a waiting job is not running, as ExplainJob says (SPEC §10)."""
+    if explanation is None:
+        return ""
+    items = "".join(f"<li><code>{e(r.code)}</code> {e(r.text)}</li>" for r in explanation.reasons)
+    return f'<section id="explain"><h2>Why it is not running</h2><ul>{items}</ul></section>'
+
+
+def job_page(job: Job, now: datetime, explanation: Explanation | None = None) -> str:
     spec = job.spec
     fields = [
         ("state", state_badge(job.state)),
@@ -199,6 +218,7 @@ def job_page(job: Job, now: datetime) -> str:
     executions = "".join(_execution_block(x, now) for x in reversed(job.executions))
     return f"""<section><h2>Job {job.id}</h2><dl class="fields" id="job-fields">{dl}</dl>
 </section>
+{explain_section(explanation)}
 <section id="executions"><h2>Executions <small>{len(job.executions)}</small></h2>
 {executions or '<p class="muted">None yet.</p>'}</section>
 <section id="history"><h2>History</h2>{events_table(job.events, now, with_job=False)}</section>"""
