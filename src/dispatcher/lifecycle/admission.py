@@ -117,7 +117,7 @@ class Admission:
             if active is not None:
                 waits.append(f"waiting behind job {active} with dedupe key {key!r}")
             elif key in batch_keys:
-                waits.append(f"waiting behind job {batch_keys[key]} of this batch (dedupe key)")
+                waits.append(f"waiting behind an earlier job of this batch with dedupe key {key!r}")
             else:
                 original = store.dedupe_original(conn, key)
                 if original is not None:

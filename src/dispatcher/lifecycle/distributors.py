@@ -31,7 +31,7 @@ from dispatcher.domain.states import (
     Outcome,
 )
 from dispatcher.lifecycle.context import Context
-from dispatcher.lifecycle.executions import _back_off, _fail_or_retry
+from dispatcher.lifecycle.executions import back_off, fail_or_retry
 from dispatcher.lifecycle.transitions import apply, event_row, lose_execution, refuse_stale
 from dispatcher.store import distributions as store
 from dispatcher.store import jobs as job_store
@@ -243,10 +243,10 @@ class Distributions:
                 conn, execution_id, report.outcome, now, info=report.info, result=report.result
             )
             if report.outcome is Outcome.FAILED:
-                transition = _fail_or_retry(conn, job, report.info, now, actor)
+                transition = fail_or_retry(conn, job, report.info, now, actor)
                 if job.spec.failure_backoff is not None and job.spec.subject:
                     until = now + job.spec.failure_backoff
-                    _back_off(conn, job, until, report.info, now, actor)
+                    back_off(conn, job, until, report.info, now, actor)
             elif report.outcome is Outcome.CANCELLED:
                 transition = CONFIRM_CANCEL
                 apply(conn, job, transition, now, actor=actor, cause=report.info or "cancelled")

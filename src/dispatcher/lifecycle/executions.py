@@ -84,9 +84,9 @@ class Executions:
                 transition = OUTCOME_TRANSITIONS[report.outcome]
                 apply(conn, job, transition, now, actor=actor, cause=report.info)
                 return Verdict(True, job_id=job.id, new_state=transition.target)
-            transition = _fail_or_retry(conn, job, report.info, now, actor)
+            transition = fail_or_retry(conn, job, report.info, now, actor)
             if job.spec.failure_backoff is not None and job.spec.subject:
-                _back_off(conn, job, now + job.spec.failure_backoff, report.info, now, actor)
+                back_off(conn, job, now + job.spec.failure_backoff, report.info, now, actor)
             return Verdict(True, job_id=job.id, new_state=transition.target)
 
         verdict = await self._fenced(session_id, runner, report.execution_id, "result", act)
@@ -170,7 +170,7 @@ class Executions:
         await self._ctx.commits.submit(work)
 
 
-def _fail_or_retry(conn: Connection, job: Job, info: str, now: datetime, actor: str) -> Transition:
+def fail_or_retry(conn: Connection, job: Job, info: str, now: datetime, actor: str) -> Transition:
     """SPEC §5.6: a runner-reported failure spends one of the job's attempts; with
     attempts left the job waits out its retry delay, otherwise it is FAILED."""
     policy = job.spec.retry
@@ -192,7 +192,7 @@ def _fail_or_retry(conn: Connection, job: Job, info: str, now: datetime, actor: 
     return RETRY
 
 
-def _back_off(
+def back_off(
     conn: Connection, job: Job, until: datetime, info: str, now: datetime, actor: str
 ) -> None:
     """Write the (subject, process) back-off of a failing job and hold every queued job

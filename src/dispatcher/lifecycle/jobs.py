@@ -221,7 +221,7 @@ class Jobs:
         assignments: list[Assignment] = []
         for (platform, labels), group in groups.items():
             wanted = sum(d.slots for d in group)
-            candidates = store.claimable_jobs(conn, platform, labels, wanted, now)
+            candidates = store.claimable_jobs(conn, platform, labels, wanted)
             # Two candidates may share a coalesce key; the first one holds it.
             picked = iter(
                 job

@@ -6,18 +6,16 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, exists, func, insert, select, update
+from sqlalchemy import Connection, Row, func, insert, select, update
 
 from dispatcher.domain.distribution import BackendHealth, DistributorExecution
 from dispatcher.domain.model import Job
 from dispatcher.domain.states import JobState
-from dispatcher.store.jobs import get_jobs
+from dispatcher.store.jobs import coalesce_blocked, get_jobs
 from dispatcher.store.sql import insert_ignoring_conflicts
 from dispatcher.store.tables import (
-    coalesce_holds,
     distributor_health,
     executions,
-    job_coalesce_keys,
     jobs,
 )
 
@@ -35,20 +33,13 @@ def open_count(conn: Connection, name: str) -> int:
 def claimable_jobs(conn: Connection, name: str, limit: int, now: datetime) -> list[Job]:
     """The next ``limit`` QUEUED jobs of distributor ``name`` in claim order (SPEC §5.2),
     locked for this transaction (skipping rows another replica is claiming)."""
-    blocked = exists(
-        select(1)
-        .select_from(
-            job_coalesce_keys.join(coalesce_holds, coalesce_holds.c.key == job_coalesce_keys.c.key)
-        )
-        .where(job_coalesce_keys.c.job_id == _J.id)
-    )
     query = (
         select(_J.id)
         .where(
             _J.state == JobState.QUEUED.value,
             _J.distributor == name,
             _J.not_before <= now,
-            ~blocked,
+            ~coalesce_blocked(),
         )
         .order_by(_J.priority.desc(), _J.not_before, _J.id)
         .limit(limit)

@@ -295,7 +295,7 @@ def list_jobs(conn: Connection, flt: JobFilter, *, before_id: int | None, limit:
     return [_to_job(r) for r in rows]
 
 
-def _coalesce_blocked() -> Any:
+def coalesce_blocked() -> Any:
     """True for a job one of whose coalesce keys is held by a BUILDING job."""
     return exists(
         select(1)
@@ -310,7 +310,7 @@ def _foreign_label(labels: frozenset[str]) -> Any:
 
 
 def claimable_jobs(
-    conn: Connection, platform: str, labels: frozenset[str], limit: int, now: datetime
+    conn: Connection, platform: str, labels: frozenset[str], limit: int
 ) -> list[Job]:
     """The next ``limit`` QUEUED jobs a runner with ``platform``/``labels`` may take, in
     claim order (SPEC §5.2), locked for this transaction. On PostgreSQL rows locked by
@@ -325,7 +325,7 @@ def claimable_jobs(
             _J.platform == platform,
             _J.distributor.in_(("", "runners")),  # other distributors' jobs are theirs
             ~_foreign_label(labels),
-            ~_coalesce_blocked(),
+            ~coalesce_blocked(),
         )
         .order_by(_J.priority.desc(), _J.not_before, _J.id)
         .limit(limit)
