@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
     default=DEFAULT_SERVER,
     show_default=True,
     show_envvar=True,
-    help="The dispatcher's address, host:port.",
+    help="The dispatcher's address, host:port. Replicas: several, comma-separated"
+    " (host1:port1,host2:port2); the runner moves to the next when a stream fails.",
 )
 @click.option(
     "--name",

@@ -13,7 +13,13 @@ When the stream breaks, jobs keep running: the runner reconnects with jittered
 exponential back-off, sends its resume token in the new Hello, and delivers on the new
 stream whatever the old one did not carry (Accepts, CancelAcks, and every Result not yet
 acknowledged by a ResultAck). The Welcome lists the executions the new session holds;
-any other job still running was decided while the runner was away, and is killed.
+any other job still running was decided while the runner was away, and is killed; an
+execution it lists that never reached the runner (assigned as the stream broke) is
+refused, so that the job goes back to the queue at once.
+
+Several dispatcher replicas: ``server`` may list their addresses, comma-separated. The
+runner connects to the first; when a stream fails, ends or is refused, it tries the next
+one in the list (round robin), and re-attaches there with its resume token.
 
 Everything here runs on one asyncio event loop; :meth:`Runner.stop` must be called from
 that loop (a signal handler added with ``loop.add_signal_handler`` is fine).
@@ -27,6 +33,7 @@ import enum
 import logging
 import os
 import random
+import re
 import shlex
 import socket
 from collections.abc import Coroutine, Mapping
@@ -70,6 +77,9 @@ _FATAL_CODES: Final = frozenset(
 _PRIVATE_ENV: Final = ("DISPATCHER_TOKEN",)
 # After Goodbye, how long to let the dispatcher close the stream before cancelling it.
 _GOODBYE_TIMEOUT: Final = 5.0
+# A gRPC target naming its resolver ("dns:", "ipv4:127.0.0.1:1,127.0.0.1:2", "unix:"):
+# one address, even with commas in it.
+_GRPC_SCHEME: Final = re.compile(r"^(dns|ipv4|ipv6|unix|unix-abstract|vsock|xds)[:]")
 
 _Call: TypeAlias = grpc.aio.StreamStreamCall[
     scheduler_pb2.ConnectRequest, scheduler_pb2.ConnectResponse
@@ -96,7 +106,9 @@ class RunnerConfig:
     """How a runner connects and what it announces. Durations are in seconds."""
 
     server: str = DEFAULT_SERVER
-    """The dispatcher's address, ``host:port``."""
+    """The dispatcher's address, ``host:port``; or the addresses of several replicas,
+    comma-separated, tried in turn (see the module docstring). A gRPC target with a
+    scheme (``dns:``, ``ipv4:``, ``ipv6:``, ``unix:``...) is one address, used as is."""
     name: str = field(default_factory=socket.gethostname)
     """Unique per build machine; a second stream with the same name replaces the first."""
     platform: str = field(default_factory=host_platform)
@@ -148,10 +160,19 @@ class RunnerConfig:
             raise ValueError("kill_grace and result_ack_timeout must not be negative")
         if not self.name or not self.platform:
             raise ValueError("name and platform must not be empty")
+        if not all(self.addresses):
+            raise ValueError(f"server: an empty address in {self.server!r}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("the TLS certificate and key go together: give both or neither")
         if self.tls_cert_file is not None and self.tls_ca_file is None:
             raise ValueError("a client certificate (mutual TLS) needs the CA file (TLS)")
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The dispatcher addresses in ``server``, in the order they are tried."""
+        if _GRPC_SCHEME.match(self.server):
+            return (self.server,)
+        return tuple(address.strip() for address in self.server.split(","))
 
 
 class Backoff:
@@ -196,9 +217,15 @@ class Runner:
     def __init__(self, config: RunnerConfig, *, rng: random.Random | None = None) -> None:
         self.config = config
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._addresses = config.addresses
+        self._address_index = 0
         self._session_id = 0
         self._resume_token = ""
         self._heartbeat_interval = config.heartbeat_interval
+        # While idle the dispatcher may allow fewer heartbeats (Welcome); a new
+        # execution ends the idle wait at once.
+        self._idle_heartbeat_interval = config.heartbeat_interval
+        self._busy = asyncio.Event()
         # Until a Welcome says otherwise: the dispatcher's default re-attach grace.
         self._reattach_grace = 10.0
         self._detached_since: float | None = None
@@ -225,6 +252,11 @@ class Runner:
     def session_id(self) -> int:
         """The session id of the last Welcome; 0 before the first."""
         return self._session_id
+
+    @property
+    def address(self) -> str:
+        """The dispatcher address the runner uses now (or will try next)."""
+        return self._addresses[self._address_index]
 
     @property
     def stopping(self) -> bool:
@@ -274,18 +306,19 @@ class Runner:
                 try:
                     if await self._connect_once(credentials, backoff):
                         return
-                    log.warning("dispatcher %s closed the stream", self.config.server)
+                    log.warning("dispatcher %s closed the stream", self.address)
                 except grpc.aio.AioRpcError as exc:
                     log.warning(
                         "stream to dispatcher %s failed: %s: %s",
-                        self.config.server,
+                        self.address,
                         exc.code().name,
                         exc.details(),
                     )
                 except (_StreamLost, asyncio.InvalidStateError) as exc:
-                    log.warning("stream to dispatcher %s lost: %s", self.config.server, exc)
+                    log.warning("stream to dispatcher %s lost: %s", self.address, exc)
                 if self._may_exit_unconnected():
                     break
+                self._next_address()
                 await self._stop_jobs_past_the_grace()
                 delay = backoff.next_delay()
                 log.info("reconnecting in %.1fs (%d jobs running)", delay, len(self._executions))
@@ -320,6 +353,11 @@ class Runner:
             execution.ending = _Ending.ABANDONED
             self._spawn(self._kill(execution), f"kill {execution.execution_id}")
 
+    def _next_address(self) -> None:
+        if len(self._addresses) > 1:
+            self._address_index = (self._address_index + 1) % len(self._addresses)
+            log.info("trying dispatcher %s next", self.address)
+
     # -- one stream ----------------------------------------------------------------
 
     async def _connect_once(
@@ -327,11 +365,9 @@ class Runner:
     ) -> bool:
         """Run one stream; True when it ended with our Goodbye, False when it just ended."""
         if credentials is None:
-            channel = grpc.aio.insecure_channel(self.config.server, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         else:
-            channel = grpc.aio.secure_channel(
-                self.config.server, credentials, options=CHANNEL_OPTIONS
-            )
+            channel = grpc.aio.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
         async with channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             call = stub.Connect(None, metadata=self._metadata())
@@ -352,7 +388,7 @@ class Runner:
         )
         log.info(
             "connecting to %s as %s (%s, labels %s, capacity %d)%s",
-            self.config.server,
+            self.address,
             self.config.name,
             self.config.platform,
             ",".join(self.config.labels) or "-",
@@ -372,7 +408,7 @@ class Runner:
             details = await call.details()
             if code in _FATAL_CODES:
                 raise RunnerError(
-                    f"dispatcher {self.config.server} refused this runner: {code.name}: {details}"
+                    f"dispatcher {self.address} refused this runner: {code.name}: {details}"
                 )
             raise _StreamLost(f"closed before Welcome: {code.name}: {details}")
         if first.WhichOneof("message") != "welcome":
@@ -396,13 +432,15 @@ class Runner:
             self._resume_token = welcome.resume_token
         interval = welcome.heartbeat_interval.ToNanoseconds() / 1e9
         self._heartbeat_interval = interval if interval > 0 else self.config.heartbeat_interval
+        idle = welcome.idle_heartbeat_interval.ToNanoseconds() / 1e9
+        self._idle_heartbeat_interval = max(idle, self._heartbeat_interval)
         if welcome.HasField("reattach_grace"):
             self._reattach_grace = welcome.reattach_grace.ToNanoseconds() / 1e9
         self._detached_since = None
         log.info(
             "opened session %d on %s (holding %d executions); heartbeat every %.1fs",
             self._session_id,
-            self.config.server,
+            self.address,
             len(welcome.execution_ids),
             self._heartbeat_interval,
         )
@@ -431,6 +469,22 @@ class Runner:
                 extra={"execution_id": execution_id},
             )
         self._unsent = [m for m in self._unsent if _execution_of(m) in held]
+        known = {*self._executions, *self._results, *(_execution_of(m) for m in self._unsent)}
+        for execution_id in sorted(held - known):
+            # Assigned as the old stream broke: never received, so never started.
+            log.warning(
+                "execution %d: held by the session but never received here; refusing it",
+                execution_id,
+                extra={"execution_id": execution_id},
+            )
+            self._unsent.append(
+                scheduler_pb2.ConnectRequest(
+                    refuse=scheduler_pb2.Refuse(
+                        execution_id=execution_id,
+                        reason="never received: assigned while the stream broke",
+                    )
+                )
+            )
 
     async def _attach(self, call: _Call) -> None:
         """Make ``call`` the stream for sending, first delivering what earlier ones did not."""
@@ -510,7 +564,7 @@ class Runner:
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
                 log.warning("could not say goodbye: %s", exc)
                 return
-        log.info("said goodbye to %s: %s", self.config.server, reason)
+        log.info("said goodbye to %s: %s", self.address, reason)
         # Let the dispatcher end the stream, so it has read everything we sent.
         await asyncio.wait({reader}, timeout=_GOODBYE_TIMEOUT)
 
@@ -574,6 +628,7 @@ class Runner:
         )
         execution = _Execution(execution_id=execution_id, job_id=job.id, process=process)
         self._executions[execution_id] = execution
+        self._busy.set()
         self._spawn(self._finish(execution), f"execution {execution_id}")
 
     def _refusal(self) -> str | None:
@@ -726,8 +781,18 @@ class Runner:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._heartbeat_interval)
-            # Also when idle: a session silent for too long is closed by the dispatcher.
+            if self._executions:
+                await asyncio.sleep(self._heartbeat_interval)
+            else:
+                # Also when idle, only less often: a session silent for too long is
+                # closed by the dispatcher. Work arriving ends the wait: from then on
+                # the dispatcher expects heartbeats at the shorter interval.
+                self._busy.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._idle_heartbeat_interval):
+                        await self._busy.wait()
+                if self._executions:
+                    continue
             progress = [
                 scheduler_pb2.ExecutionProgress(
                     execution_id=execution.execution_id,

@@ -43,6 +43,7 @@ from dispatcher.lifecycle.flavors import Flavors
 from dispatcher.lifecycle.fleet import Fleet
 from dispatcher.lifecycle.job_actions import JobActions
 from dispatcher.lifecycle.jobs import Jobs
+from dispatcher.lifecycle.messages import Wake, decode
 from dispatcher.lifecycle.schedules import Schedules
 from dispatcher.lifecycle.sessions import Sessions
 from dispatcher.lifecycle.status import Status
@@ -54,6 +55,7 @@ from dispatcher.settings import Settings
 from dispatcher.store import migrate
 from dispatcher.store.clock import DatabaseClock
 from dispatcher.store.database import Database
+from dispatcher.store.notify import Listener
 from dispatcher.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -98,6 +100,8 @@ class Server:
     http_port: int | None = None
     # The distributor loop (SPEC §7); its registry holds the configured instances.
     distributors: Dispatch | None = None
+    # PostgreSQL: messages from the other replicas (SPEC §9).
+    listener: Listener | None = None
 
     async def start(self) -> None:
         if self.web is not None:
@@ -106,6 +110,8 @@ class Server:
         self.commits.start()
         if self.database_clock is not None:
             self._clock_task = asyncio.create_task(self._keep_clock(self.database_clock))
+        if self.listener is not None:
+            await self.listener.start()
         # One process per SQLite file: any other replica row there is a dead run of ours.
         await self.hub.start(sole_replica=self.db.kind == "sqlite")
         if self.distributors is not None:
@@ -138,6 +144,8 @@ class Server:
         if self.distributors is not None:
             await self.distributors.stop()
         await self.hub.stop()
+        if self.listener is not None:
+            await self.listener.stop()
         await self.grpc_server.stop(1.0)
         if self.auth is not None:
             await self.auth.stop()
@@ -204,6 +212,7 @@ async def create_server(
     sessions = Sessions(ctx)
     timing = HubTiming(
         heartbeat_interval=settings.heartbeat_interval,
+        idle_heartbeat_interval=settings.idle_heartbeat_interval,
         lease_renewal=deadlines.replica_lease / 3,
         startup_hold=deadlines.reattach_grace + timedelta(seconds=1),
         reattach_grace=deadlines.reattach_grace,
@@ -213,10 +222,18 @@ async def create_server(
     metrics = Metrics(clock, lambda: hub.live_sessions)
     db.error_listeners.append(metrics.database_error)
     hub = Hub(jobs, executions, sessions, timing, schedules, observer=metrics)
+    jobs.hand_off_to(hub)
     ctx.wakeups.append(hub.wake)
     ctx.due_wakeups.append(hub.wake_due)
+    loop = asyncio.get_running_loop()
+
+    def wake_from_database_thread() -> None:
+        loop.call_soon_threadsafe(ctx.wake)
+
+    db.wake_listeners.append(wake_from_database_thread)
 
     distributors = build_side(settings.distributors, ctx, distributor_kinds)
+    listener = _listener(ctx, hub) if db.is_postgresql else None
 
     tokens = Tokens(ctx, cache_seconds=settings.auth.cache_seconds)
     auth = AuthInterceptor(
@@ -296,7 +313,29 @@ async def create_server(
         replica_id=replica_id,
         web=web,
         distributors=distributors.dispatch,
+        listener=listener,
     )
+
+
+def _listener(ctx: Context, hub: Hub) -> Listener:
+    """Messages from the replicas sharing the database: wake-ups go to every assigner of
+    this replica (runners' and distributors'); cancels, drains and evictions to the hub,
+    which holds the streams."""
+
+    def on_payload(payload: str) -> None:
+        message = decode(payload)
+        if isinstance(message, Wake):
+            ctx.wake()
+        elif message is not None:
+            hub.receive(message)
+
+    def on_connect() -> None:
+        # Messages sent while the connection was down are lost: look at the database.
+        ctx.wake()
+        ctx.wake_due()
+        hub.look_soon()
+
+    return Listener(ctx.db.engine, on_payload, on_connect)
 
 
 def _admin_token_check(tokens: Tokens) -> VerifyAdminToken:

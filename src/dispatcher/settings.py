@@ -179,6 +179,19 @@ class Settings(BaseSettings):
         description="A runner session silent for this long is dead: its jobs "
         "follow their on-lost policy.",
     )
+    idle_heartbeat_interval_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How often a runner holding no executions sends heartbeats (told to "
+        "it in Welcome; 0: as heartbeat_interval_seconds). Keepalive pings find dead "
+        "peers meanwhile; fewer messages keep many idle runners cheap.",
+    )
+    idle_heartbeat_timeout_seconds: float = Field(
+        180.0,
+        gt=0,
+        description="A runner session holding no executions is dead after this long "
+        "without a message (never less than heartbeat_timeout_seconds).",
+    )
     reattach_grace_seconds: float = Field(
         10.0,
         ge=0,
@@ -243,9 +256,17 @@ class Settings(BaseSettings):
     def heartbeat_interval(self) -> timedelta:
         return timedelta(seconds=self.heartbeat_interval_seconds)
 
+    @property
+    def idle_heartbeat_interval(self) -> timedelta:
+        seconds = max(self.idle_heartbeat_interval_seconds, self.heartbeat_interval_seconds)
+        return timedelta(seconds=seconds)
+
     def deadlines(self) -> Deadlines:
         return Deadlines(
             heartbeat_timeout=timedelta(seconds=self.heartbeat_timeout_seconds),
+            idle_heartbeat_timeout=timedelta(
+                seconds=max(self.idle_heartbeat_timeout_seconds, self.heartbeat_timeout_seconds)
+            ),
             reattach_grace=timedelta(seconds=self.reattach_grace_seconds),
             accept_timeout=timedelta(seconds=self.accept_timeout_seconds),
             cancel_grace=timedelta(seconds=self.cancel_grace_seconds),

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from dispatcher.app import Server
+from dispatcher.domain.model import JobSpec
 from dispatcher.store.database import Database
 from dispatcher.store.tables import job_events, jobs
 from dispatcher.v1 import (
@@ -19,7 +24,7 @@ from dispatcher.v1 import (
     types_pb2,
 )
 from tests.support.eventually import eventually
-from tests.support.server import admin, connect_runner, open_channel, running_server
+from tests.support.server import RawRunner, admin, connect_runner, open_channel, running_server
 
 LINUX = "linux/x86_64"
 
@@ -48,6 +53,123 @@ def row_counts(db: Database) -> tuple[int, int]:
         )
 
 
+async def test_concurrent_submits_never_fill_a_slot_twice(
+    channel: grpc.aio.Channel, db: Database
+) -> None:
+    """Each submit may hand its job to an idle runner in its own transaction, while the
+    assigner claims too: a runner with two slots still gets exactly two jobs."""
+    runner, _ = await connect_runner(channel, "r1", capacity=2)
+    responses = await asyncio.gather(
+        *(
+            admin(channel).SubmitJob(admin_pb2.SubmitJobRequest(spec=job_spec("true")))
+            for _ in range(8)
+        )
+    )
+    assert len({r.job.id for r in responses}) == 8
+    first, second = await runner.next(), await runner.next()
+    assert {first.WhichOneof("message"), second.WhichOneof("message")} == {"assign"}
+    with pytest.raises(TimeoutError):  # no third assignment
+        async with asyncio.timeout(0.5):
+            await runner.call.read()
+
+    def building() -> int:
+        with db.transaction() as conn:
+            query = select(func.count()).select_from(jobs).where(jobs.c.state == "BUILDING")
+            return int(conn.execute(query).scalar_one())
+
+    assert building() == 2
+    runner.call.cancel()
+
+
+def free_slots(server: Server) -> int:
+    """Free slots of the hub's runners, once no claim holds any of them."""
+    demands = server.hub.take_demands()
+    server.hub.deliver(demands, [])
+    return sum(d.slots for d in demands)
+
+
+async def test_a_submit_reserves_only_the_slots_its_jobs_may_fill(
+    server: Server, channel: grpc.aio.Channel
+) -> None:
+    """A submit hands its jobs to idle runners that may run them (SPEC §5.1), reserving
+    no more slots than it has jobs: the other idle runners stay free for other claims."""
+    r1, _ = await connect_runner(channel, "r1", capacity=2)
+    r2, _ = await connect_runner(channel, "r2", capacity=2)
+    hub = server.hub
+    linux = JobSpec(platform=LINUX)
+    await eventually(lambda: free_slots(server) == 4)  # the claims for new streams are over
+
+    one = hub.take_demands([linux])
+    assert [d.slots for d in one] == [1]
+    three = hub.take_demands([linux] * 3)  # one slot of the four is reserved already
+    assert sum(d.slots for d in three) == 3
+    assert hub.take_demands([linux]) == []  # every slot reserved
+    hub.deliver([*one, *three], [])
+    assert sum(d.slots for d in hub.take_demands()) == 4  # the assigner asks for all
+
+    hub.deliver(hub.take_demands(), [])
+    assert hub.take_demands([JobSpec(platform=LINUX, labels=frozenset({"gpu"}))]) == []
+    assert hub.take_demands([JobSpec(platform="other/arch")]) == []
+    r1.call.cancel()
+    r2.call.cancel()
+
+
+async def finish(runner: RawRunner, assign: scheduler_pb2.Assign) -> None:
+    await runner.send(accept=scheduler_pb2.Accept(execution_id=assign.execution_id))
+    await runner.send(
+        result=scheduler_pb2.Result(
+            execution_id=assign.execution_id, outcome=types_pb2.OUTCOME_SUCCEEDED
+        )
+    )
+    while (await runner.next()).WhichOneof("message") != "result_ack":
+        pass
+
+
+async def test_a_freed_slot_claims_only_when_a_job_may_wait(
+    server: Server, channel: grpc.aio.Channel
+) -> None:
+    """A runner whose last claim found the queue dry claims nothing when its slot frees
+    up (an idle farm pays no claim per finished build), yet a job that becomes claimable
+    while it is dry (here: its coalesce key freed) reaches it at once, not at the
+    backstop's next look (made a minute long here)."""
+    server.hub.timing = replace(server.hub.timing, assign_sweep=timedelta(seconds=60))
+    server.hub.wake()  # the assigner's next wait takes the new timing
+    claims: list[str] = []
+
+    def count_claims(*args: Any) -> None:
+        if "FROM runner_sessions JOIN runners" in args[2]:
+            claims.append(args[2])
+
+    event.listen(server.db.engine, "before_cursor_execute", count_claims)
+    try:
+        a, _ = await connect_runner(channel, "a", labels=("a",))
+        b, _ = await connect_runner(channel, "b", labels=("b",))
+        stub = admin(channel)
+        holder = job_spec(labels=["b"], coalesce_keys=["k"])
+        await stub.SubmitJob(admin_pb2.SubmitJobRequest(spec=holder))
+        on_b = (await b.next()).assign
+        waiting = job_spec(labels=["a"], coalesce_keys=["k"])
+        second = (await stub.SubmitJob(admin_pb2.SubmitJobRequest(spec=waiting))).job.id
+        await eventually(lambda: free_slots(server) == 1)  # claims over: "a" is dry
+        await finish(b, on_b)  # frees the key
+        on_a = (await a.next()).assign
+        assert on_a.job.id == second
+
+        await finish(a, on_a)  # frees the key: a wake-up, one claim finds nothing
+        await eventually(lambda: free_slots(server) == 2)
+        plain = job_spec(labels=["a"])
+        await stub.SubmitJob(admin_pb2.SubmitJobRequest(spec=plain))
+        handed = (await a.next()).assign  # bound in the submit's own transaction
+        claimed = len(claims)
+        await finish(a, handed)  # frees a slot of a dry kind, and nothing else
+        await asyncio.sleep(0.5)
+        assert len(claims) == claimed
+    finally:
+        event.remove(server.db.engine, "before_cursor_execute", count_claims)
+    a.call.cancel()
+    b.call.cancel()
+
+
 async def test_a_job_runs_on_a_runner_stream(channel: grpc.aio.Channel) -> None:
     runner, welcome = await connect_runner(channel, "r1")
     assert welcome.session_id > 0
@@ -57,7 +179,9 @@ async def test_a_job_runs_on_a_runner_stream(channel: grpc.aio.Channel) -> None:
         admin_pb2.SubmitJobRequest(spec=job_spec("echo", "hello", queue="demo"))
     )
     assert submitted.created
-    assert submitted.job.state == types_pb2.JOB_STATE_QUEUED
+    # An idle runner takes the job in the submit's own transaction, unless the
+    # assigner's claim for the new stream held its slot at that moment.
+    assert submitted.job.state in (types_pb2.JOB_STATE_QUEUED, types_pb2.JOB_STATE_BUILDING)
 
     message = await runner.next()
     assert message.WhichOneof("message") == "assign"

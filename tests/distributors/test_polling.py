@@ -3,7 +3,7 @@ terminal state, by get_status at poll_timeout after run and then every poll inte
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from dispatcher.domain.states import Outcome
 from dispatcher.v1 import admin_pb2, types_pb2
@@ -79,3 +79,26 @@ async def test_a_backend_that_never_notifies_is_polled_to_the_end(database_url: 
         )
         assert max(waits) <= POLL_TIMEOUT + POLL_INTERVAL + SLACK
         assert after_end <= POLL_INTERVAL + SLACK
+
+
+async def test_a_task_that_ends_before_its_token_is_recorded_is_polled_at_once(
+    database_url: str,
+) -> None:
+    """A quick command ends (and asks for a poll) while run() is still under way: that poll
+    cannot find the execution yet, so the dispatcher asks again once the token is recorded,
+    rather than waiting for the poll timeout."""
+    async with farm(database_url) as f, open_channel(f.server) as channel:
+        stub = admin(channel)
+        fake = f.fake()
+        fake.poll_timeout = timedelta(seconds=60)
+        fake.ends_during_run = Outcome.FAILED
+        spec = types_pb2.JobSpec(platform="p", distributor="fake", command=["b"])
+        ids = [
+            (await stub.SubmitJob(admin_pb2.SubmitJobRequest(spec=spec))).job.id for _ in range(5)
+        ]
+
+        async def all_failed() -> bool:
+            jobs = [(await stub.GetJob(admin_pb2.GetJobRequest(id=i))).job for i in ids]
+            return all(j.state == types_pb2.JOB_STATE_FAILED for j in jobs)
+
+        await eventually(all_failed, timeout=10, interval=0.1)

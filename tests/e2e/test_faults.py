@@ -8,7 +8,7 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
@@ -20,7 +20,8 @@ from dispatcher.store import jobs as job_store
 from dispatcher.store.database import Database
 from dispatcher.store.tables import executions, job_events
 from dispatcher.v1 import admin_pb2, admin_pb2_grpc, types_pb2
-from tests.support.eventually import eventually_sync
+from tests.support.faults import alive, wait_for
+from tests.support.faults import submit as submit_to
 from tests.support.processes import (
     ServerProcess,
     dispatcher_server,
@@ -81,39 +82,12 @@ def admin_of(server: ServerProcess) -> Iterator[admin_pb2_grpc.AdminStub]:
         yield admin_pb2_grpc.AdminStub(channel)
 
 
-def submit(
-    admin: admin_pb2_grpc.AdminStub, command: list[str], count: int, policy: int
-) -> list[int]:
-    specs = [
-        types_pb2.JobSpec(platform=PLATFORM, command=command, on_lost=policy)  # type: ignore[arg-type]
-        for _ in range(count)
-    ]
-    response = admin.SubmitJobs(admin_pb2.SubmitJobsRequest(specs=specs))
-    return [r.job.id for r in response.results]
-
-
 def jobs(admin: admin_pb2_grpc.AdminStub, ids: list[int]) -> list[types_pb2.Job]:
     return [admin.GetJob(admin_pb2.GetJobRequest(id=i)).job for i in ids]
 
 
 def states(admin: admin_pb2_grpc.AdminStub, ids: list[int]) -> list[int]:
     return [job.state for job in jobs(admin, ids)]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        # Gone between open and read: the kernel answers ESRCH then.
-        return False
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> float:
-    """Seconds until ``predicate`` held (fails past ``timeout``)."""
-    started = time.monotonic()
-    eventually_sync(predicate, timeout=timeout, interval=0.05)
-    return time.monotonic() - started
 
 
 def runner_args(capacity: int) -> tuple[str, ...]:
@@ -126,8 +100,8 @@ def test_kill_9_of_a_runner_with_20_jobs(database_url: str, tmp_path: Path, pidd
         dispatcher_server(database_url, tmp_path, settings=FAST) as server,
         admin_of(server) as admin,
     ):
-        requeue = submit(admin, command, 10, types_pb2.ON_LOST_POLICY_REQUEUE)
-        doomed = submit(admin, command, 10, types_pb2.ON_LOST_POLICY_IRRECOVERABLE)
+        requeue = submit_to(admin, PLATFORM, command, 10, types_pb2.ON_LOST_POLICY_REQUEUE)
+        doomed = submit_to(admin, PLATFORM, command, 10, types_pb2.ON_LOST_POLICY_IRRECOVERABLE)
         every = requeue + doomed
         with runner_process(server.address, "victim", tmp_path, *runner_args(20)) as victim:
             wait_for(lambda: states(admin, every) == [BUILDING] * 20, 20)
@@ -157,7 +131,7 @@ def test_a_frozen_runner_loses_its_jobs_and_its_late_results_are_refused(
         dispatcher_server(database_url, tmp_path, settings=FAST) as server,
         admin_of(server) as admin,
     ):
-        [job_id] = submit(admin, ["sleep", "1"], 1, types_pb2.ON_LOST_POLICY_REQUEUE)
+        [job_id] = submit_to(admin, PLATFORM, ["sleep", "1"], 1, types_pb2.ON_LOST_POLICY_REQUEUE)
         with runner_process(server.address, "frozen", tmp_path, *runner_args(1)) as runner:
             wait_for(lambda: states(admin, [job_id]) == [BUILDING], 20)
             # Freeze it only once the job runs: a runner frozen before it read the
@@ -199,7 +173,7 @@ def test_kill_9_of_the_dispatcher_then_restart(
             )
         )
         with admin_of(first) as admin:
-            ids = submit(admin, job_command, 20, types_pb2.ON_LOST_POLICY_REQUEUE)
+            ids = submit_to(admin, PLATFORM, job_command, 20, types_pb2.ON_LOST_POLICY_REQUEUE)
             runners = [
                 stack.enter_context(
                     runner_process(first.address, f"r{i}", tmp_path, *runner_args(10))
@@ -264,7 +238,7 @@ def test_cancel_of_a_running_job_kills_its_process_within_a_second(
         admin_of(server) as admin,
         runner_process(server.address, "r1", tmp_path, *runner_args(1)),
     ):
-        [job_id] = submit(admin, command, 1, types_pb2.ON_LOST_POLICY_REQUEUE)
+        [job_id] = submit_to(admin, PLATFORM, command, 1, types_pb2.ON_LOST_POLICY_REQUEUE)
         wait_for(lambda: (piddir / "job").exists() and bool((piddir / "job").read_text()), 20)
         pid = int((piddir / "job").read_text())
         assert alive(pid)
@@ -284,7 +258,7 @@ def test_two_runners_never_bind_one_job_twice(database_url: str, tmp_path: Path)
         dispatcher_server(database_url, tmp_path, settings=FAST) as server,
         admin_of(server) as admin,
     ):
-        ids = submit(admin, ["true"], count, types_pb2.ON_LOST_POLICY_REQUEUE)
+        ids = submit_to(admin, PLATFORM, ["true"], count, types_pb2.ON_LOST_POLICY_REQUEUE)
         started = time.monotonic()
         with (
             runner_process(server.address, "a", tmp_path, *runner_args(8)),
@@ -352,7 +326,9 @@ def test_sigterm_lets_running_jobs_finish_before_the_dispatcher_exits(
             admin_of(server) as admin,
             runner_process(server.address, "r1", tmp_path, *runner_args(1)),
         ):
-            [job_id] = submit(admin, ["sleep", "1"], 1, types_pb2.ON_LOST_POLICY_IRRECOVERABLE)
+            [job_id] = submit_to(
+                admin, PLATFORM, ["sleep", "1"], 1, types_pb2.ON_LOST_POLICY_IRRECOVERABLE
+            )
             wait_for(lambda: states(admin, [job_id]) == [BUILDING], 20)
             server.process.send_signal(signal.SIGTERM)
             server.process.wait(15)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from dataclasses import replace
+from datetime import timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select
 
 from dispatcher.domain.errors import InvalidInput, LimitExceeded, NotFound
-from dispatcher.domain.model import JobFilter, JobSpec, ResultReport
+from dispatcher.domain.model import Flavor, JobFilter, JobSpec, ResultReport
 from dispatcher.domain.states import LEGAL_MOVES, JobState, OnLostPolicy, Outcome
 from dispatcher.store.database import Database
-from dispatcher.store.tables import job_events, jobs
+from dispatcher.store.tables import coalesce_holds, job_events, jobs
 from tests.support.services import Services, services
 
 LINUX = "linux/x86_64"
@@ -118,6 +120,79 @@ async def test_a_result_from_another_session_is_refused(svc: Services) -> None:
     )
     assert not verdict.applied
     assert (await svc.jobs.get(a.job.id)).state is JobState.BUILDING
+
+
+async def test_a_submitted_job_is_returned_as_it_reads_back(svc: Services) -> None:
+    """Submit answers with the jobs it wrote without reading them again; what it
+    answers is what a later read gives."""
+    await svc.flavors.add(Flavor("gpu", "linux/gpu", frozenset({"gpu"})), actor="t")
+    later = svc.clock.now() + timedelta(hours=1)
+    elsewhere = timezone(timedelta(hours=5))
+    specs = [
+        spec("true"),
+        spec("make", labels=frozenset({"a", "b"}), coalesce_keys=frozenset({"k"}), priority=3),
+        spec("sleep", not_before=later.astimezone(elsewhere), max_run=timedelta(seconds=9)),
+        spec("x", origin_time=svc.clock.now().astimezone(elsewhere), idempotency_key="i"),
+        spec("y", platform="linux/gpu", labels=frozenset({"gpu"}), payload=b"\x00\x01"),
+        spec("z", platform="linux/gpu", labels=frozenset({"tpu"})),  # no flavor: NOT_FOR_US
+    ]
+    submitted = [job for job, _ in await svc.jobs.submit(specs, actor="admin")]
+    assert [j.state for j in submitted][-1] is JobState.NOT_FOR_US
+    for job in submitted:
+        read = await svc.jobs.get(job.id)
+        assert replace(read, executions=(), events=()) == job
+
+
+async def test_reports_in_one_group_commit_are_fenced_in_order(svc: Services) -> None:
+    """Reports that share a batch are decided one after the other, each seeing what the
+    ones before it wrote: a second result of an execution is refused even when the first
+    one is in the same batch, and a failure takes its own path among plain results."""
+    submitted = await svc.jobs.submit(
+        [spec(), spec(), spec(coalesce_keys=frozenset({"tree"}))], actor="admin"
+    )
+    owner = await svc.connect("r1", capacity=3)
+    other = await svc.connect("r2")
+    plain, failing, keyed = sorted(await svc.jobs.claim([owner]), key=lambda a: a.job.id)
+    assert [a.job.id for a in (plain, failing, keyed)] == [job.id for job, _ in submitted]
+    results = svc.executions.report_result
+    verdicts = await asyncio.gather(
+        svc.executions.accept(owner.session_id, "r1", plain.execution_id),
+        results(
+            owner.session_id,
+            "r1",
+            ResultReport(plain.execution_id, Outcome.SUCCEEDED, logtail="final"),
+        ),
+        svc.executions.heartbeat(owner.session_id, [(plain.execution_id, "late", 99)]),
+        results(owner.session_id, "r1", ResultReport(plain.execution_id, Outcome.SUCCEEDED)),
+        results(other.session_id, "r2", ResultReport(failing.execution_id, Outcome.SUCCEEDED)),
+        results(owner.session_id, "r1", ResultReport(failing.execution_id, Outcome.FAILED, "x")),
+        svc.executions.accept(owner.session_id, "r1", failing.execution_id),
+        results(owner.session_id, "r1", ResultReport(keyed.execution_id, Outcome.IRRECOVERABLE)),
+        results(owner.session_id, "r1", ResultReport(999_999, Outcome.SUCCEEDED)),
+    )
+    heartbeat = verdicts.pop(2)
+    assert heartbeat is None
+    assert [v.applied for v in verdicts] == [True, True, False, False, True, False, True, False]
+    assert "does not exist" in verdicts[-1].reason
+    states = {
+        job_id: (await svc.jobs.get(job_id))
+        for job_id in (plain.job.id, failing.job.id, keyed.job.id)
+    }
+    assert states[plain.job.id].state is JobState.SUCCEEDED
+    assert states[failing.job.id].state is JobState.FAILED
+    assert states[keyed.job.id].state is JobState.IRRECOVERABLE
+    assert [e.kind for e in states[plain.job.id].events] == [
+        "submitted",
+        "started",
+        "finished",
+        "stale-message",
+    ]
+    assert [e.kind for e in states[failing.job.id].events].count("stale-message") == 2
+    [execution] = states[plain.job.id].executions
+    assert execution.outcome is Outcome.SUCCEEDED
+    assert execution.logtail == "final"  # the heartbeat after the result changed nothing
+    assert count_rows(svc.db, coalesce_holds) == 0
+    assert_history_is_legal(svc.db)
 
 
 @pytest.mark.parametrize(

@@ -213,5 +213,6 @@ def run_cli(address: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _token_env(address: str, role: str) -> dict[str, str]:
-    tokens = _TOKENS.get(address)
+    # Several replicas' addresses (a runner's --server list): the first one's tokens.
+    tokens = _TOKENS.get(address.split(",")[0])
     return {"DISPATCHER_TOKEN": getattr(tokens, role)} if tokens is not None else {}

@@ -77,8 +77,9 @@ class OperationsMixin:
         self, request: admin_pb2.EvictRunnerRequest, context: Context
     ) -> admin_pb2.EvictRunnerResponse:
         eviction = await self._ops.fleet.evict(request.name, actor=ACTOR, reason=request.reason)
-        # The sessions are closed; the streams still open on this replica end now.
-        self._hub.end_streams(request.name)
+        # The sessions are closed; their streams end now here, and on other replicas
+        # when the notification arrives.
+        self._hub.end_sessions(eviction.session_ids)
         return admin_pb2.EvictRunnerResponse(
             runner=convert.runner_to_proto(eviction.runner),
             closed_sessions=eviction.closed_sessions,

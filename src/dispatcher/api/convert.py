@@ -112,20 +112,26 @@ def _duration(value: Duration, *, present: bool, field: str) -> timedelta | None
         raise InvalidInput(f"{field} is out of range") from None
 
 
+# Every job sent out carries several times and durations: these build them from whole
+# seconds and microseconds, as FromDatetime/FromTimedelta do, without their generic
+# (and slow) normalising code.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _dur(value: timedelta | None) -> Duration | None:
     if value is None:
         return None
-    duration = Duration()
-    duration.FromTimedelta(value)
-    return duration
+    micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
+    seconds, rest = divmod(abs(micros), 1_000_000)
+    sign = -1 if micros < 0 else 1  # seconds and nanos share the sign of the duration
+    return Duration(seconds=sign * seconds, nanos=sign * rest * 1000)
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    since = value - _EPOCH if value.tzinfo is not None else value - _EPOCH.replace(tzinfo=None)
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 # --- to the domain ----------------------------------------------------------------

@@ -14,7 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 from dispatcher.api import convert
 from dispatcher.domain.errors import InvalidInput, Unavailable
 from dispatcher.domain.model import Assignment, ResultReport
-from dispatcher.lifecycle.jobs import CancelOrder
+from dispatcher.lifecycle.messages import CancelOrder
 from dispatcher.runners.hub import Drain, Hub, LiveSession, Outgoing, ResultAck
 from dispatcher.v1 import scheduler_pb2, scheduler_pb2_grpc
 
@@ -41,6 +41,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         interval.FromTimedelta(self._hub.timing.heartbeat_interval)
         grace = Duration()
         grace.FromTimedelta(self._hub.timing.reattach_grace)
+        idle_interval = Duration()
+        idle_interval.FromTimedelta(self._hub.timing.idle_heartbeat_interval)
         yield scheduler_pb2.ConnectResponse(
             welcome=scheduler_pb2.Welcome(
                 session_id=session.id,
@@ -48,6 +50,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 heartbeat_interval=interval,
                 execution_ids=sorted(session.held),
                 reattach_grace=grace,
+                idle_heartbeat_interval=idle_interval,
             )
         )
         reason, goodbye = "the stream ended", False
@@ -101,6 +104,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self, session: LiveSession, request: scheduler_pb2.ConnectRequest, kind: str | None
     ) -> Any:
         hub = self._hub
+        hub.heard(session)
         if kind == "result":
             r = request.result
             report = ResultReport(
@@ -120,6 +124,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         if kind == "cancel_ack":
             return hub.cancel_ack(session, request.cancel_ack.execution_id)
         if kind == "heartbeat":
+            if not request.heartbeat.executions:
+                return None  # heard: nothing to write now
             progress = [
                 (
                     p.execution_id,

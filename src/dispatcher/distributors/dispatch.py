@@ -55,9 +55,13 @@ class InstanceHost:
     def __init__(self) -> None:
         self.wakeup = asyncio.Event()
         self.poll_all = False
+        # Counts poll_soon calls: a run that saw it move asks again once its token is
+        # recorded, since a poll before that could not find the execution.
+        self.poll_requests = 0
 
     def poll_soon(self) -> None:
         self.poll_all = True
+        self.poll_requests += 1
         self.wakeup.set()
 
     def wake(self) -> None:
@@ -220,6 +224,8 @@ class Dispatch:
             config=instance.config,
             notify_token=claimed.notify_token,
         )
+        host = self._hosts[instance.name]
+        requests_before = host.poll_requests
         pause = RETRY_PAUSE
         cause = ""
         for attempt in range(1, instance.timing.run_attempts + 1):
@@ -241,8 +247,12 @@ class Dispatch:
                 # Cancelled or timed out while run() was under way: stop it at once.
                 await self._quietly(instance, instance.adapter.cancel(token))
                 await self._distributions.released(ticket.id)
+            if host.poll_requests != requests_before:
+                # The task may have ended before its token was recorded (a quick
+                # command): the poll it asked for found nothing, so ask again.
+                host.poll_soon()
             # The loop may be sleeping until a later deadline: this poll may come first.
-            self._hosts[instance.name].wake()
+            host.wake()
             log.info(
                 "job %d handed to distributor %s (execution %d)",
                 claimed.job.id,

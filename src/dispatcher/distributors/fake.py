@@ -7,6 +7,7 @@ is pushed by itself: a test that wants a notification sends one through Notify.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -45,6 +46,9 @@ class FakeDistributor:
         self.status_errors: list[Exception] = []
         self.probe_errors: list[Exception] = []
         self.status_calls = 0
+        # Set: each task ends inside run() with this outcome and asks for a poll at once,
+        # as a command that exits before its token is recorded does.
+        self.ends_during_run: Outcome | None = None
 
     # --- steering -----------------------------------------------------------------
 
@@ -68,6 +72,10 @@ class FakeDistributor:
         self.tasks.setdefault(token, RUNNING)
         self.tickets[token] = execution
         self.jobs[token] = job
+        if self.ends_during_run is not None:
+            self.finish(token, self.ends_during_run)
+            self.host.poll_soon()
+            await asyncio.sleep(0.05)  # run() answers a moment later: the poll comes first
         return token, self.poll_timeout
 
     async def cancel(self, token: str) -> None:

@@ -20,10 +20,13 @@ from dispatcher.domain.states import (
     SUBMIT_NOT_FOR_US,
     SUBMIT_NOTICED,
     SUBMIT_QUEUED,
+    JobState,
     Transition,
 )
+from dispatcher.lifecycle.messages import WAKE, announce
 from dispatcher.lifecycle.transitions import event_row
 from dispatcher.store import backoffs as backoff_store
+from dispatcher.store import events as event_store
 from dispatcher.store import flavors as flavor_store
 from dispatcher.store import jobs as store
 
@@ -49,8 +52,11 @@ class Admission:
         *,
         actor: str,
         schedule_id: int | None = None,
+        wake: bool = True,
     ) -> list[Job]:
-        """Insert one job per spec, each in the state the rules give it, with its event."""
+        """Insert one job per spec, each in the state the rules give it, with its event.
+        Queued jobs wake every replica's assigner, unless ``wake`` is off: the caller
+        then announces what its own claim left in the queue."""
         flavors = flavor_store.flavors_of_platforms(conn, {s.platform for s in specs})
         # Dedupe keys of jobs admitted earlier in this batch that are still unfinished.
         batch_keys: dict[str, int] = {}
@@ -72,7 +78,7 @@ class Admission:
             for spec, d in zip(specs, decisions, strict=True)
         ]
         ids = store.insert_jobs(conn, new, now)
-        store.insert_events(
+        event_store.insert_events(
             conn,
             [
                 event_row(
@@ -86,8 +92,16 @@ class Admission:
                 for job_id, d in zip(ids, decisions, strict=True)
             ],
         )
-        found = store.get_jobs(conn, ids)
-        return [found[i] for i in ids]
+        if wake and any(d.transition.target is JobState.QUEUED for d in decisions):
+            announce(conn, WAKE)  # any replica's runners may take them
+        if schedule_id is not None:
+            found = store.get_jobs(conn, ids)  # with the schedule's name
+            return [found[i] for i in ids]
+        names = {i: f.name for platform in flavors.values() for i, f in platform}
+        return [
+            store.as_inserted(n, i, now, flavor=names.get(n.flavor_id or 0, ""))
+            for n, i in zip(new, ids, strict=True)
+        ]
 
     def _decide(
         self,

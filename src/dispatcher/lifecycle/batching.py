@@ -1,6 +1,10 @@
 """Group commit: many small fenced writes (results, heartbeats, accepts) from many
 streams share one transaction, so throughput is bounded by commits per second times the
-batch size rather than by commits per second alone."""
+batch size rather than by commits per second alone.
+
+Work comes in two shapes: a function of the connection, run in turn; or an item of a
+:class:`Batcher`, whose consecutive items in a batch are handed to it together, so it
+can read and write them with a statement per batch instead of per item."""
 
 from __future__ import annotations
 
@@ -8,18 +12,35 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection
 
-from dispatcher.store import jobs as job_store
+from dispatcher.store import events as event_store
 from dispatcher.store.database import Database
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 Work = Callable[[Connection], Any]
+
+
+class Batcher(Protocol):
+    def run_batch(self, conn: Connection, items: Sequence[Any]) -> list[Any]:
+        """Apply ``items`` in order in the caller's transaction; one result per item.
+        Expected refusals are results, not exceptions."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Item:
+    batcher: Batcher
+    item: Any
+
+    def __call__(self, conn: Connection) -> Any:
+        return self.batcher.run_batch(conn, [self.item])[0]
 
 
 class GroupCommit:
@@ -49,8 +70,12 @@ class GroupCommit:
 
     async def submit(self, work: Callable[[Connection], T]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put((work, future))
+        self._queue.put_nowait((work, future))
         return await future
+
+    async def submit_item(self, batcher: Batcher, item: Any) -> Any:
+        """Apply ``item`` with the other items of ``batcher`` in the next batch."""
+        return await self.submit(_Item(batcher, item))
 
     async def _run(self) -> None:
         while True:
@@ -80,5 +105,23 @@ class GroupCommit:
 
 
 def _run_all(works: Sequence[Work], conn: Connection) -> list[Any]:
-    with job_store.buffered_events(conn):
-        return [work(conn) for work in works]
+    results: list[Any] = []
+    with event_store.buffered_events(conn):
+        start = 0
+        while start < len(works):
+            work = works[start]
+            if not isinstance(work, _Item):
+                results.append(work(conn))
+                start += 1
+                continue
+            end = start + 1
+            while (
+                end < len(works)
+                and isinstance(works[end], _Item)
+                and works[end].batcher is work.batcher  # type: ignore[attr-defined]
+            ):
+                end += 1
+            items = [w.item for w in works[start:end]]  # type: ignore[attr-defined]
+            results.extend(work.batcher.run_batch(conn, items))
+            start = end
+    return results

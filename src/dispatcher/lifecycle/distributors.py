@@ -34,6 +34,8 @@ from dispatcher.lifecycle.context import Context
 from dispatcher.lifecycle.executions import back_off, fail_or_retry
 from dispatcher.lifecycle.transitions import apply, event_row, lose_execution, refuse_stale
 from dispatcher.store import distributions as store
+from dispatcher.store import events as event_store
+from dispatcher.store import executions as execution_store
 from dispatcher.store import jobs as job_store
 
 
@@ -151,7 +153,7 @@ class Distributions:
 
         def work(conn: Connection, job: Job, execution: DistributorExecution) -> Verdict:
             now = self._ctx.clock.now()
-            job_store.finish_execution(conn, execution_id, Outcome.LOST, now, info=cause)
+            execution_store.finish_execution(conn, execution_id, Outcome.LOST, now, info=cause)
             store.mark_released(conn, execution_id, now)
             actor = f"distributor:{execution.distributor}"
             apply(conn, job, transition, now, actor=actor, cause=cause)
@@ -215,7 +217,7 @@ class Distributions:
             if report.outcome is None:
                 store.touch(conn, execution_id, now)
                 store.set_poll(conn, execution_id, now + poll_interval, 0)
-                if job_store.mark_execution(conn, execution_id, "accepted_at", now):
+                if execution_store.mark_execution(conn, execution_id, "accepted_at", now):
                     cause = report.info or "the backend started it"
                     event = event_row(
                         job.id,
@@ -225,7 +227,7 @@ class Distributions:
                         cause=cause,
                         execution_id=execution_id,
                     )
-                    job_store.insert_events(conn, [event])
+                    event_store.insert_events(conn, [event])
                 return Verdict(True, job_id=job.id, new_state=JobState.BUILDING)
             store.mark_released(conn, execution_id, now)
             if report.outcome is Outcome.LOST:
@@ -239,7 +241,7 @@ class Distributions:
                     rules=self._ctx.rules,
                 )
                 return Verdict(state is not None, job_id=job.id, new_state=state)
-            job_store.finish_execution(
+            execution_store.finish_execution(
                 conn, execution_id, report.outcome, now, info=report.info, result=report.result
             )
             if report.outcome is Outcome.FAILED:
@@ -398,4 +400,4 @@ def store_event(
         cause=cause,
         execution_id=execution.id,
     )
-    job_store.insert_events(conn, [event])
+    event_store.insert_events(conn, [event])

@@ -16,6 +16,7 @@ from dispatcher.domain.states import DELETE, JobState
 from dispatcher.lifecycle.admission import Admission
 from dispatcher.lifecycle.context import Context
 from dispatcher.lifecycle.transitions import apply, event_row
+from dispatcher.store import events as event_store
 from dispatcher.store import jobs as store
 
 T = TypeVar("T")
@@ -54,7 +55,7 @@ class JobActions:
             # due time or origin time. Everything else is the original's.
             spec = replace(job.spec, idempotency_key="", not_before=None, origin_time=None)
             [new] = self._admission.admit(conn, [spec], now, actor=actor)
-            store.insert_events(
+            event_store.insert_events(
                 conn,
                 [
                     event_row(
@@ -95,7 +96,7 @@ class JobActions:
                     f"job {job_id} is due already and waits for something else; "
                     f"`dispatcher jobs explain {job_id}` (ExplainJob) says what"
                 )
-            store.insert_events(
+            event_store.insert_events(
                 conn,
                 [
                     event_row(

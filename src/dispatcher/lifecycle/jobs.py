@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +20,10 @@ from dispatcher.domain.states import CANCEL_WAITING, EXPIRE, QUEUE, JobState
 from dispatcher.domain.validation import check_spec
 from dispatcher.lifecycle.admission import Admission
 from dispatcher.lifecycle.context import Context
-from dispatcher.lifecycle.transitions import apply, apply_claims, event_row
+from dispatcher.lifecycle.messages import WAKE, CancelOrder, announce
+from dispatcher.lifecycle.transitions import Claim, apply, apply_claims, event_row
+from dispatcher.store import events as event_store
+from dispatcher.store import executions as execution_store
 from dispatcher.store import jobs as store
 from dispatcher.store import runners as runner_store
 
@@ -38,19 +42,34 @@ class Demand:
     slots: int
 
 
-@dataclass(frozen=True)
-class CancelOrder:
-    """Tell the runner holding ``execution_id`` (on session ``session_id``) to stop it."""
+# What a runner can take (SPEC §5.1): its platform and labels.
+Kind = tuple[str, frozenset[str]]
 
-    session_id: int
-    execution_id: int
-    reason: str
+
+class Handoff(Protocol):
+    """The runner streams of this replica, for a submit that binds its jobs to idle
+    runners in its own transaction instead of leaving them to the next claim."""
+
+    def take_demands(self, jobs: Sequence[JobSpec] | None = None) -> list[Demand]:
+        """The sessions with free slots, those slots reserved until ``deliver``; given
+        ``jobs``, only sessions that may run one of them, and no more slots than jobs."""
+        ...
+
+    def deliver(self, demands: Sequence[Demand], assignments: Sequence[Assignment]) -> None:
+        """Send what the claim bound, and free the reserved slots."""
+        ...
 
 
 class Jobs:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._admission = Admission(ctx.rules, ctx.rng)
+        self._handoff: Handoff | None = None
+
+    def hand_off_to(self, handoff: Handoff) -> None:
+        """Submits bind runnable jobs to the idle runners of ``handoff`` at once: on an
+        idle system a job reaches a runner one transaction after it was submitted."""
+        self._handoff = handoff
 
     # --- submitters ---------------------------------------------------------------
 
@@ -70,20 +89,33 @@ class Jobs:
             except (InvalidInput, LimitExceeded) as exc:
                 prefix = f"job {index}: " if len(specs) > 1 else ""
                 raise type(exc)(f"{prefix}{exc}") from None
+        for_runners = [spec for spec in specs if not spec.distributor]
+        demands = self._handoff.take_demands(for_runners) if self._handoff and for_runners else []
+        assignments: list[Assignment] = []
         try:
-            result = await self._ctx.db.run(lambda conn: self._submit(conn, specs, actor))
-        except IntegrityError:
-            # Another submission with the same idempotency key, or a runnable job with
-            # the same dedupe key, committed between our lookup and our insert; the
-            # unique index refused ours. Now the lookup finds it.
-            result = await self._ctx.db.run(lambda conn: self._submit(conn, specs, actor))
-        if any(created for _, created in result):
-            self._ctx.wake()
+            try:
+                result, assignments = await self._ctx.db.run(
+                    lambda conn: self._submit(conn, specs, actor, demands)
+                )
+            except IntegrityError:
+                # Another submission with the same idempotency key, or a runnable job
+                # with the same dedupe key, committed between our lookup and our insert;
+                # the unique index refused ours. Now the lookup finds it.
+                result, assignments = await self._ctx.db.run(
+                    lambda conn: self._submit(conn, specs, actor, demands)
+                )
+        finally:
+            if self._handoff:
+                self._handoff.deliver(demands, assignments)
+        if any(created and job.state is not JobState.BUILDING for job, created in result):
+            self._ctx.wake()  # what the hand-off left waits for the assigners
+        elif any(created for _, created in result):
+            self._ctx.changes.fire()  # every job bound already: only watchers need to know
         return result
 
     def _submit(
-        self, conn: Connection, specs: Sequence[JobSpec], actor: str
-    ) -> list[tuple[Job, bool]]:
+        self, conn: Connection, specs: Sequence[JobSpec], actor: str, demands: Sequence[Demand]
+    ) -> tuple[list[tuple[Job, bool]], list[Assignment]]:
         now = self._ctx.clock.now()
         existing: dict[int, int] = {}  # index -> job id
         seen_keys: dict[str, int] = {}  # idempotency key -> first index in this batch
@@ -99,10 +131,21 @@ class Jobs:
                     existing[index] = found
                     continue
             fresh.append((index, spec))
-        admitted = self._admission.admit(conn, [spec for _, spec in fresh], now, actor=actor)
+        admitted = self._admission.admit(
+            conn, [spec for _, spec in fresh], now, actor=actor, wake=False
+        )
+        assignments: list[Assignment] = []
+        if demands and any(job.state is JobState.QUEUED for job in admitted):
+            assignments = self._claim(conn, demands)
+        bound = {a.job.id for a in assignments}
+        if any(job.state is JobState.QUEUED and job.id not in bound for job in admitted):
+            # Only what the hand-off left: a job already bound needs no other runner.
+            announce(conn, WAKE)
         created = {index: job.id for (index, _), job in zip(fresh, admitted, strict=True)}
         by_id = {job.id: job for job in admitted}
-        by_id.update(store.get_jobs(conn, existing.values()))
+        by_id.update((a.job.id, a.job) for a in assignments)  # what the claim made them
+        if existing:
+            by_id.update(store.get_jobs(conn, existing.values()))
         out: list[tuple[Job, bool]] = []
         for index, spec in enumerate(specs):
             if index in created:
@@ -113,7 +156,7 @@ class Jobs:
                 first = seen_keys[spec.idempotency_key]
                 job_id = created.get(first) or existing[first]
                 out.append((by_id[job_id], False))
-        return out
+        return out, assignments
 
     async def history(self, job_id: int) -> list[JobEvent]:
         """Every event of a job, oldest first (SPEC §8 history)."""
@@ -123,7 +166,7 @@ class Jobs:
         def read(conn: Connection) -> list[JobEvent]:
             if store.get_job(conn, job_id) is None:
                 raise NotFound(f"job {job_id} does not exist")
-            return store.events_of(conn, job_id)
+            return event_store.events_of(conn, job_id)
 
         return await self._ctx.db.run(read)
 
@@ -137,8 +180,8 @@ class Jobs:
                 raise NotFound(f"job {job_id} does not exist")
             return replace(
                 job,
-                executions=tuple(store.executions_of(conn, job_id)),
-                events=tuple(store.events_of(conn, job_id)),
+                executions=tuple(execution_store.executions_of(conn, job_id)),
+                events=tuple(event_store.events_of(conn, job_id)),
             )
 
         return await self._ctx.db.run(read)
@@ -159,7 +202,8 @@ class Jobs:
     async def cancel(
         self, job_id: int, *, actor: str, reason: str
     ) -> tuple[Job, CancelOrder | None]:
-        """Cancel a waiting job at once; ask the runner of a BUILDING one to stop."""
+        """Cancel a waiting job at once; ask the runner of a BUILDING one to stop (the
+        returned order, announced to every replica as well)."""
         if job_id <= 0:
             raise InvalidInput("id is required: a positive job id")
         cause = reason or f"cancelled by {actor}"
@@ -175,7 +219,7 @@ class Jobs:
             elif job.state is JobState.BUILDING and job.current_execution_id is not None:
                 execution_id = job.current_execution_id
                 if store.mark_cancel_requested(conn, job.id, execution_id, now):
-                    store.insert_events(
+                    event_store.insert_events(
                         conn,
                         [
                             event_row(
@@ -188,9 +232,11 @@ class Jobs:
                             )
                         ],
                     )
-                execution = store.get_execution(conn, execution_id)
+                execution = execution_store.get_execution(conn, execution_id)
                 if execution is not None and execution.session_id is not None:
                     order = CancelOrder(execution.session_id, execution_id, cause)
+                    # Its stream may live on another replica: that one tells the runner.
+                    announce(conn, order)
             fresh = store.get_job(conn, job_id)
             assert fresh is not None  # we hold its row
             return fresh, order
@@ -199,45 +245,59 @@ class Jobs:
 
     # --- the scheduler ------------------------------------------------------------
 
-    async def claim(self, demands: Sequence[Demand]) -> list[Assignment]:
+    async def claim(
+        self, demands: Sequence[Demand], *, dry: set[Kind] | None = None
+    ) -> list[Assignment]:
         """Bind waiting jobs to runner sessions with free slots, all in one transaction:
-        each claimed job moves QUEUED -> BUILDING with a new execution and an event."""
-        assignments = await self._ctx.db.run(lambda conn: self._claim(conn, demands))
+        each claimed job moves QUEUED -> BUILDING with a new execution and an event.
+        ``dry`` gets the kinds of runner for which the queue held fewer jobs than slots."""
+        assignments = await self._ctx.db.run(lambda conn: self._claim(conn, demands, dry))
         if assignments:
             self._ctx.changes.fire()  # watchers (WatchJobs, pressure) read the moves now
         return assignments
 
-    def _claim(self, conn: Connection, demands: Sequence[Demand]) -> list[Assignment]:
+    def _claim(
+        self, conn: Connection, demands: Sequence[Demand], dry: set[Kind] | None = None
+    ) -> list[Assignment]:
         now = self._ctx.clock.now()
-        # A session closed meanwhile (by this or another replica) must not get work.
-        open_sessions = runner_store.lock_open_sessions(conn, [d.session_id for d in demands])
-        quarantined = runner_store.quarantined_runners(conn, [d.runner for d in demands], now)
+        # A session closed meanwhile (by this or another replica) must not get work, nor
+        # a runner in quarantine.
+        ready = runner_store.lock_sessions_to_claim_for(conn, [d.session_id for d in demands], now)
         # Runners that match the same jobs share one read of the queue: the head of the
         # order, as many jobs as they have free slots together, dealt out in turn.
         groups: dict[tuple[str, frozenset[str]], list[Demand]] = {}
         for demand in demands:
-            if demand.session_id in open_sessions and demand.runner not in quarantined:
+            if demand.session_id in ready:
                 groups.setdefault((demand.platform, demand.labels), []).append(demand)
         assignments: list[Assignment] = []
         for (platform, labels), group in groups.items():
             wanted = sum(d.slots for d in group)
             candidates = store.claimable_jobs(conn, platform, labels, wanted)
+            if dry is not None and len(candidates) < wanted:
+                dry.add((platform, labels))
             # Two candidates may share a coalesce key; the first one holds it.
             picked = iter(
                 job
                 for job in candidates
                 if store.acquire_coalesce_holds(conn, job.id, job.spec.coalesce_keys)
             )
-            for demand in group:
-                share = [job for _, job in zip(range(demand.slots), picked, strict=False)]
-                execution_ids = apply_claims(conn, share, demand.runner, demand.session_id, now)
-                assignments.extend(
-                    Assignment(
-                        demand.session_id, execution_id, _claimed(job, execution_id, demand, now)
-                    )
-                    for job, execution_id in zip(share, execution_ids, strict=True)
-                )
+            claims = [
+                Claim(job, demand.runner, demand.session_id)
+                for demand in group
+                for _, job in zip(range(demand.slots), picked, strict=False)
+            ]
+            # Written before the next group reads the queue: a job two kinds of runner
+            # match goes to one of them.
+            execution_ids = apply_claims(conn, claims, now)
+            assignments.extend(
+                Assignment(c.session_id, execution_id, _claimed(c, execution_id, now))
+                for c, execution_id in zip(claims, execution_ids, strict=True)
+            )
         return assignments
+
+    async def any_queued(self) -> bool:
+        """Whether any job waits in a queue for a runner."""
+        return await self._ctx.db.run(store.any_queued)
 
     async def queue_due(self, limit: int = 1000) -> int:
         """Move NOTICED jobs that became ready (due, back-off over, dedupe original gone,
@@ -281,14 +341,14 @@ class Jobs:
         return await self._ctx.db.run(work)
 
 
-def _claimed(job: Job, execution_id: int, demand: Demand, now: datetime) -> Job:
+def _claimed(claim: Claim, execution_id: int, now: datetime) -> Job:
     """The job as the claim left it, without reading it back."""
     return replace(
-        job,
+        claim.job,
         state=JobState.BUILDING,
-        attempt=job.attempt + 1,
+        attempt=claim.job.attempt + 1,
         current_execution_id=execution_id,
-        runner=demand.runner,
+        runner=claim.runner,
         info="",
         updated_at=now,
     )

@@ -3,6 +3,8 @@ caller's transaction."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -20,6 +22,9 @@ from dispatcher.domain.states import (
     Transition,
     lost_transition,
 )
+from dispatcher.lifecycle.messages import WAKE, announce
+from dispatcher.store import events as event_store
+from dispatcher.store import executions as execution_store
 from dispatcher.store import jobs as store
 from dispatcher.store import runners as runner_store
 from dispatcher.store import schedules as schedule_store
@@ -66,8 +71,9 @@ def apply(
     end an execution, still bound to the execution it was read with). Writes the event in
     the same transaction, and carries out what the move implies for other rows: coalesce
     keys are released when the job stops building; jobs waiting on its dedupe key and its
-    schedule learn how it ended. Returns False, writing nothing, when the job moved
-    meanwhile."""
+    schedule learn how it ended; every replica is woken when the move may make jobs
+    claimable (one notification per transaction). Returns False, writing nothing, when
+    the job moved meanwhile."""
     execution_id = new_execution_id or job.current_execution_id
     moved = store.move(
         conn,
@@ -82,7 +88,7 @@ def apply(
         duplicate_of=duplicate_of,
     )
     if moved:
-        store.insert_events(
+        event_store.insert_events(
             conn,
             [
                 event_row(
@@ -102,52 +108,47 @@ def apply(
         )
         if leaves_building and job.spec.coalesce_keys:
             store.release_coalesce_holds(conn, job.id)
+            announce(conn, WAKE)  # jobs waiting on its keys may run, on any replica
+        if transition.target is JobState.QUEUED:
+            announce(conn, WAKE)
         if transition.target.terminal and duplicate_of is None:
             _settle_dedupe(conn, job, transition.target, now)
             _settle_schedule(conn, job, transition.target, now)
     return moved
 
 
-def apply_claims(
-    conn: Connection, jobs: list[Job], runner: str, session_id: int, now: datetime
-) -> list[int]:
-    """CLAIM several QUEUED jobs for one runner session: their executions, the moves and
-    the events, a statement each for the whole batch. The caller holds the jobs' rows
-    (read FOR UPDATE, or SQLite's single writer), so every compare-and-set applies."""
-    if not jobs:
+@dataclass(frozen=True)
+class Claim:
+    """A QUEUED job to bind to a runner session."""
+
+    job: Job
+    runner: str
+    session_id: int
+
+
+def apply_claims(conn: Connection, claims: Sequence[Claim], now: datetime) -> list[int]:
+    """CLAIM QUEUED jobs for runner sessions: their executions, the moves and the
+    events, a statement each for the whole batch. The caller holds the jobs' rows (read
+    FOR UPDATE, or SQLite's single writer), so every compare-and-set applies. Returns
+    the new execution ids, in the order of ``claims``."""
+    if not claims:
         return []
-    execution_ids = store.insert_executions(
+    return store.claim_queued(
         conn,
         [
-            (job.id, job.attempt + 1, runner, session_id, now + job.spec.max_run)
-            if job.spec.max_run
-            else (job.id, job.attempt + 1, runner, session_id, None)
-            for job in jobs
+            store.NewExecution(
+                job_id=c.job.id,
+                number=c.job.attempt + 1,
+                runner=c.runner,
+                session_id=c.session_id,
+                deadline_at=now + c.job.spec.max_run if c.job.spec.max_run else None,
+                actor=f"runner:{c.runner}",
+            )
+            for c in claims
         ],
         now,
+        event=CLAIM.event,
     )
-    moved = store.move_claimed(
-        conn, list(zip([j.id for j in jobs], execution_ids, strict=True)), now
-    )
-    if moved != len(jobs):
-        raise RuntimeError(f"{len(jobs) - moved} job(s) changed under a claim lock")
-    actor = f"runner:{runner}"
-    store.insert_events(
-        conn,
-        [
-            event_row(
-                job.id,
-                CLAIM.event,
-                now,
-                actor=actor,
-                execution_id=execution_id,
-                from_state=JobState.QUEUED,
-                to_state=JobState.BUILDING,
-            )
-            for job, execution_id in zip(jobs, execution_ids, strict=True)
-        ],
-    )
-    return execution_ids
 
 
 def _settle_dedupe(conn: Connection, job: Job, ended: JobState, now: datetime) -> None:
@@ -183,7 +184,9 @@ def _settle_schedule(conn: Connection, job: Job, ended: JobState, now: datetime)
         return
     schedule_id, schedule = found
     execution = (
-        store.get_execution(conn, job.current_execution_id) if job.current_execution_id else None
+        execution_store.get_execution(conn, job.current_execution_id)
+        if job.current_execution_id
+        else None
     )
     started = execution.started_at if execution is not None else schedule.last_started_at
     failures = schedule.consecutive_failures
@@ -194,7 +197,7 @@ def _settle_schedule(conn: Connection, job: Job, ended: JobState, now: datetime)
     state = schedule.state
     if failures >= schedule.spec.max_failures and state is ScheduleState.ACTIVE:
         state = ScheduleState.SUSPENDED
-        store.insert_events(
+        event_store.insert_events(
             conn,
             [
                 event_row(
@@ -224,7 +227,7 @@ def refuse_stale(
     reason = (
         f"execution {execution_id} is not the current execution of job {job_id}; {what} refused"
     )
-    store.insert_events(
+    event_store.insert_events(
         conn,
         [
             event_row(
@@ -255,8 +258,8 @@ def lose_execution(
     counts against the job's own loss limit, not its failure budget, and against its
     runner, which is quarantined when it keeps losing executions.
     Returns the job's new state, or None when the execution no longer spoke for the job."""
-    execution = store.get_execution(conn, execution_id)
-    store.finish_execution(conn, execution_id, Outcome.LOST, now, info=cause)
+    execution = execution_store.get_execution(conn, execution_id)
+    execution_store.finish_execution(conn, execution_id, Outcome.LOST, now, info=cause)
     job = store.get_job(conn, job_id, for_update=True)
     if (
         job is None
@@ -297,7 +300,7 @@ def count_runner_loss(
         return
     until = now + quarantine_for(rules, quarantines)
     runner_store.quarantine(conn, runner, until)
-    store.insert_events(
+    event_store.insert_events(
         conn,
         [
             event_row(

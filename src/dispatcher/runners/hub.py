@@ -1,24 +1,43 @@
 """The hub: every live runner session of this replica, the loop that assigns jobs, and
 the loops that keep deadlines.
 
-Wake-ups are in-process: a submit, a requeue, a freed slot or a new session sets one
-event, and the assigner claims for every session with free slots in one transaction.
+A submit hands its runnable jobs to idle sessions in its own transaction (the hub gives
+it demands with their slots reserved, see :meth:`Hub.take_demands`). A submit, a
+requeue, a freed slot or a new session also sets one event, and the assigner claims for
+every session with free slots in one transaction, except for kinds of runner for which
+the last claim found the queue dry: a freed slot of such a kind waits for a job to
+arrive (a wake-up: every transaction that may make a job claimable announces one, and
+it reaches this replica at the commit on any database). On PostgreSQL the same
+changes made by other replicas arrive as notifications (lifecycle/messages.py), as do
+their cancels, drains and evictions of runners whose streams live here
+(:meth:`Hub.receive`). Backstops, for notifications lost while the connection was down:
+every ``assign_sweep`` the assigner looks whether any job is queued and claims if so,
+and every ``look`` the hub reads what the database says about its streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from dispatcher.domain.model import Assignment, ResultReport, Runner, RunnerHello, Verdict
+from dispatcher.domain.model import (
+    Assignment,
+    JobSpec,
+    ResultReport,
+    Runner,
+    RunnerHello,
+    Verdict,
+)
 from dispatcher.domain.states import Outcome
 from dispatcher.lifecycle.executions import Executions
-from dispatcher.lifecycle.jobs import CancelOrder, Demand, Jobs
+from dispatcher.lifecycle.jobs import Demand, Jobs, Kind
+from dispatcher.lifecycle.messages import CancelOrder, Message, RunnerDrained, SessionsEnded
 from dispatcher.lifecycle.schedules import Schedules
 from dispatcher.lifecycle.sessions import Sessions
 from dispatcher.runners.observer import HubObserver, NoObserver
@@ -49,6 +68,10 @@ class LiveSession:
     hello: RunnerHello
     resume_token: str
     held: set[int] = field(default_factory=set)
+    # Slots promised to a claim in flight (the assigner's, or a submit's hand-off).
+    reserved: int = 0
+    # Executions this stream was told to cancel (a cancel may arrive more than once).
+    cancelled: set[int] = field(default_factory=set)
     draining: bool = False
     closed: bool = False
     outbox: asyncio.Queue[Outgoing | None] = field(default_factory=asyncio.Queue)
@@ -61,7 +84,7 @@ class LiveSession:
     def free_slots(self) -> int:
         if self.closed or self.draining:
             return 0
-        return max(0, self.hello.capacity - len(self.held))
+        return max(0, self.hello.capacity - len(self.held) - self.reserved)
 
     def send(self, message: Outgoing) -> None:
         if not self.closed:
@@ -77,6 +100,8 @@ class LiveSession:
 @dataclass(frozen=True)
 class HubTiming:
     heartbeat_interval: timedelta = timedelta(seconds=10)
+    # Told to runners in Welcome: how often to send heartbeats while holding nothing.
+    idle_heartbeat_interval: timedelta = timedelta(seconds=60)
     lease_renewal: timedelta = timedelta(seconds=5)
     sweep: timedelta = timedelta(seconds=1)
     due_sweep: timedelta = timedelta(seconds=1)
@@ -87,6 +112,12 @@ class HubTiming:
     reattach_grace: timedelta = timedelta(seconds=10)
     # On shutdown, how long running jobs may finish before streams are cut.
     shutdown_drain: timedelta = timedelta(seconds=5)
+    # With no wake-up, the assigner still looks this often whether a job is queued,
+    # and claims if so (a wake-up from another replica may have been lost).
+    assign_sweep: timedelta = timedelta(seconds=2)
+    # How often the hub reads what the database says about its streams (closed,
+    # draining, cancels pending), in case a message from another replica was lost.
+    look: timedelta = timedelta(seconds=5)
 
 
 class Hub:
@@ -109,16 +140,56 @@ class Hub:
         self._wakeup = asyncio.Event()
         self._due_wakeup = asyncio.Event()
         self._released = asyncio.Event()
+        self._look_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = True
+        # While runners of a previous run re-attach at start-up, nothing new is assigned.
+        self._holding = False
+        # Sessions heard from since the last sweep.
+        self._heard: set[int] = set()
+        # When the last sweep started (loop time): a long gap means this process stood
+        # still, and its runners' heartbeats are still unread.
+        self._last_sweep: float | None = None
+        # Counts drain messages, so that a look that read the database before one
+        # arrived does not undo it.
+        self._drain_messages = 0
+        # Runner kinds (platform, labels) for which the last claim found the queue dry:
+        # a slot of that kind freeing up claims nothing until a job may have arrived
+        # (wake), so a build ending on an idle farm costs no claim transaction.
+        self._dry: set[Kind] = set()
+        # Counts wake-ups: a claim that overlapped one may not call anything dry.
+        self._arrivals = 0
 
     # --- wiring -------------------------------------------------------------------
 
     def wake(self) -> None:
+        """Jobs may have become claimable (submitted, requeued, due, a key freed)."""
+        self._arrivals += 1
+        self._dry.clear()
+        self._wakeup.set()
+
+    def _capacity_freed(self) -> None:
+        """A slot freed up or a stream came: worth a claim unless its kind is dry."""
         self._wakeup.set()
 
     def wake_due(self) -> None:
         self._due_wakeup.set()
+
+    def look_soon(self) -> None:
+        """Read what the database says about this replica's streams now (messages from
+        other replicas may have been lost)."""
+        self._look_wakeup.set()
+
+    def receive(self, message: Message) -> None:
+        """A message from another replica (or this one) about runner streams."""
+        if isinstance(message, CancelOrder):
+            self.cancel(message)
+        elif isinstance(message, RunnerDrained):
+            self.runner_drained(message.runner, message.draining, message.reason)
+        elif isinstance(message, SessionsEnded):
+            self.end_sessions(message.session_ids)
+        else:
+            self.wake()
 
     async def start(self, *, sole_replica: bool) -> None:
         await self._sessions.register_replica(sole=sole_replica)
@@ -127,10 +198,11 @@ class Hub:
         self._tasks = [
             asyncio.create_task(self._assign_forever(hold), name="assigner"),
             asyncio.create_task(
-                self._every(self.timing.lease_renewal, self._sessions.renew_lease), name="lease"
+                self._every(self.timing.lease_renewal, self.renew_lease), name="lease"
             ),
             asyncio.create_task(self._every(self.timing.sweep, self.sweep), name="deadlines"),
             asyncio.create_task(self._keep_due_forever(), name="due"),
+            asyncio.create_task(self._look_forever(), name="look"),
         ]
         self.wake()
 
@@ -192,7 +264,7 @@ class Hub:
             len(opened.reattached),
             extra={"runner": hello.name},
         )
-        self.wake()
+        self._capacity_freed()
         return session
 
     async def close(self, session: LiveSession, reason: str, *, goodbye: bool) -> None:
@@ -230,33 +302,49 @@ class Hub:
             )
 
     def cancel(self, order: CancelOrder) -> bool:
-        """Deliver a cancel to the stream holding the execution, if it is on this replica."""
+        """Deliver a cancel to the stream holding the execution, if it is on this replica
+        (once per stream and execution). Returns whether the stream is here."""
         session = self._live.get(order.session_id)
         if session is None:
             return False
-        session.send(order)
+        if order.execution_id not in session.cancelled:
+            session.cancelled.add(order.execution_id)
+            session.send(order)
         return True
 
-    def end_streams(self, name: str) -> int:
-        """End the streams of runner ``name`` on this replica whose sessions were closed
-        already (an eviction): they are forgotten here, so their handlers neither detach
-        nor close them again. Returns how many ended."""
-        ended = [s for s in self._live.values() if s.name == name]
-        for session in ended:
-            del self._live[session.id]
-            session.end()
-        return len(ended)
+    def end_sessions(self, session_ids: Iterable[int]) -> int:
+        """End the streams of these sessions, closed already (an eviction, a runner that
+        connected again), if they are on this replica: they are forgotten here, so their
+        handlers neither detach nor close them again. Returns how many ended."""
+        ended = 0
+        for session_id in session_ids:
+            session = self._live.pop(session_id, None)
+            if session is not None:
+                log.info(
+                    "runner %s (session %d): its session was closed; ending its stream",
+                    session.name,
+                    session.id,
+                    extra={"runner": session.name},
+                )
+                session.end()
+                ended += 1
+        return ended
 
     async def set_draining(self, name: str, draining: bool, reason: str) -> Runner:
-        runner = await self._sessions.set_draining(name, draining)
+        runner = await self._sessions.set_draining(name, draining, reason)
+        self.runner_drained(name, draining, reason)
+        return runner
+
+    def runner_drained(self, name: str, draining: bool, reason: str) -> None:
+        """Runner ``name`` was drained (or undrained): tell its streams on this replica."""
+        self._drain_messages += 1
         for session in self._live.values():
-            if session.name == name:
+            if session.name == name and session.draining != draining:
                 session.draining = draining
                 if draining:
-                    session.send(Drain(reason))
+                    session.send(Drain(reason or "drained"))
         if not draining:
-            self.wake()
-        return runner
+            self._capacity_freed()
 
     async def _keep_due_forever(self) -> None:
         """Queue jobs that became ready, make schedules' next jobs, forget old jobs: at
@@ -278,8 +366,15 @@ class Hub:
             except Exception:
                 log.exception("the due sweep failed; retrying on the next one")
 
+    async def renew_lease(self) -> None:
+        await self._sessions.renew_lease(set(self._live))
+
     async def sweep(self) -> None:
-        report = await self._sessions.sweep()
+        now = asyncio.get_running_loop().time()
+        last, self._last_sweep = self._last_sweep, now
+        stood_still = last is not None and now - last > 2 * self.timing.sweep.total_seconds() + 1
+        heard, self._heard = self._heard, set()
+        report = await self._sessions.sweep(judge_silence=not stood_still, heard=heard)
         for session_id in report.closed_sessions:
             session = self._live.pop(session_id, None)
             if session is not None:
@@ -340,11 +435,16 @@ class Hub:
     ) -> None:
         await self._executions.heartbeat(session.id, progress)
 
+    def heard(self, session: LiveSession) -> None:
+        """The runner said something: it is alive. The next sweep, which judges silence,
+        writes it to the database, so an idle heartbeat costs no transaction."""
+        self._heard.add(session.id)
+
     def _release(self, session: LiveSession, execution_id: int) -> None:
         if execution_id in session.held:
             session.held.discard(execution_id)
             self._released.set()
-            self.wake()
+            self._capacity_freed()
 
     def _refuse_unless(self, session: LiveSession, execution_id: int, verdict: Verdict) -> None:
         # A runner working on an execution that no longer speaks for its job must stop.
@@ -356,30 +456,89 @@ class Hub:
 
     async def _assign_forever(self, hold: timedelta | None) -> None:
         if hold is not None:
+            self._holding = True
             log.info(
                 "holding new assignments for %.0f s while runners re-attach", hold.total_seconds()
             )
             await asyncio.sleep(hold.total_seconds())
             await self.sweep()
+            self._holding = False
         while True:
-            await self._wakeup.wait()
+            woken = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timing.assign_sweep.total_seconds()):
+                    woken = await self._wakeup.wait()
             self._wakeup.clear()
             try:
-                await self.assign_once()
+                # The backstop claims only when some job waits: one look at the claim
+                # order's index instead of a claim for every idle stream. A job found
+                # waiting unclaimed means a wake-up was lost: nothing is dry then.
+                if not woken and await self._jobs.any_queued():
+                    self._dry.clear()
+                    woken = True
+                if woken:
+                    await self.assign_once()
             except Exception:
                 log.exception("assigning jobs failed; retrying on the next wake-up")
                 await asyncio.sleep(0.5)
                 self.wake()
 
     async def assign_once(self) -> int:
-        sessions = [s for s in self._live.values() if s.free_slots > 0]
-        if not sessions or not self._accepting:
+        demands = self.take_demands(skip=self._dry)
+        if not demands:
             return 0
-        random.shuffle(sessions)  # no runner always gets the head of the queue
-        demands = [
-            Demand(s.id, s.name, s.hello.platform, s.hello.labels, s.free_slots) for s in sessions
-        ]
-        assignments = await self._jobs.claim(demands)
+        arrivals = self._arrivals
+        assignments: list[Assignment] = []
+        dry: set[Kind] = set()
+        try:
+            assignments = await self._jobs.claim(demands, dry=dry)
+        finally:
+            self.deliver(demands, assignments)
+        if arrivals == self._arrivals:  # no job may have come while the claim read
+            self._dry |= dry
+        return len(assignments)
+
+    def take_demands(
+        self, jobs: Sequence[JobSpec] | None = None, *, skip: Collection[Kind] = ()
+    ) -> list[Demand]:
+        """Sessions with free slots, as a claim's demands; the slots are reserved until
+        :meth:`deliver`, so two claims in flight never fill one slot twice. Given the
+        ``jobs`` of a submit, only sessions that may run one of them (SPEC §5.1) and no
+        more slots than there are jobs: a submit of one job claims for one slot, not for
+        every idle runner. Sessions of a kind in ``skip`` are left out."""
+        if not self._accepting or self._holding or not self._live:
+            return []
+        sessions = list(self._live.values())
+        # From a random place, round the ring: no runner always gets the head of the
+        # queue, and a submit of a few jobs looks at a few sessions, not at all of them.
+        start = random.randrange(len(sessions))  # noqa: S311 (fairness, not a secret)
+        kinds = {(spec.platform, spec.labels) for spec in jobs} if jobs is not None else None
+        budget = len(jobs) if jobs is not None else None
+        demands = []
+        for s in itertools.chain(sessions[start:], sessions[:start]):
+            free = s.free_slots
+            if free <= 0 or (skip and (s.hello.platform, s.hello.labels) in skip):
+                continue
+            if kinds is not None and not any(
+                platform == s.hello.platform and labels <= s.hello.labels
+                for platform, labels in kinds
+            ):
+                continue
+            slots = free if budget is None else min(free, budget)
+            demands.append(Demand(s.id, s.name, s.hello.platform, s.hello.labels, slots))
+            s.reserved += slots
+            if budget is not None:
+                budget -= slots
+                if budget == 0:
+                    break
+        return demands
+
+    def deliver(self, demands: Sequence[Demand], assignments: Sequence[Assignment]) -> None:
+        """Free the slots :meth:`take_demands` reserved, and send each assignment."""
+        for demand in demands:
+            session = self._live.get(demand.session_id)
+            if session is not None:
+                session.reserved -= demand.slots
         for assignment in assignments:
             self._observer.assigned(assignment)
             session = self._live.get(assignment.session_id)
@@ -387,7 +546,7 @@ class Hub:
                 continue  # its detach/close decides the job
             session.held.add(assignment.execution_id)
             session.send(assignment)
-            log.info(
+            log.debug(
                 "job %d assigned to runner %s (execution %d)",
                 assignment.job.id,
                 session.name,
@@ -398,7 +557,44 @@ class Hub:
                     "runner": session.name,
                 },
             )
-        return len(assignments)
+
+    # --- the backstop for lost messages ---------------------------------------------
+
+    async def _look_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timing.look.total_seconds()):
+                    await self._look_wakeup.wait()
+            self._look_wakeup.clear()
+            try:
+                await self.look()
+            except Exception:
+                log.exception("reading the state of this replica's streams failed")
+
+    async def look(self) -> None:
+        """Bring the streams here in line with the database: end those whose sessions
+        were closed, drain (or undrain) them as their runners are, and (re)send cancels
+        their runners have not confirmed."""
+        if not self._live:
+            return
+        drain_messages = self._drain_messages
+        states = await self._sessions.look(list(self._live))
+        self.end_sessions(states.closed)
+        # A drain message that arrived meanwhile is newer than what was read.
+        drains_current = self._accepting and drain_messages == self._drain_messages
+        undrained = False
+        for session in self._live.values():
+            draining = session.id in states.draining
+            if drains_current and session.draining != draining:
+                session.draining = draining
+                if draining:
+                    session.send(Drain("drained"))
+                else:
+                    undrained = True
+        for order in states.cancels:
+            self.cancel(order)
+        if undrained:
+            self._capacity_freed()
 
     @staticmethod
     async def _every(interval: timedelta, work: Callable[[], Awaitable[object]]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,9 +14,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 
 from dispatcher.domain.errors import Unavailable
+from dispatcher.store import notify
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -36,6 +38,9 @@ class Database:
         # Told of every operation that failed as Unavailable (the metrics count them).
         # Called on a database thread; must return at once.
         self.error_listeners: list[Callable[[], None]] = []
+        # Told after a transaction that asked to wake this process (notify.wake_here)
+        # committed. Called on a database thread; must return at once.
+        self.wake_listeners: list[Callable[[], None]] = []
 
     @property
     def is_postgresql(self) -> bool:
@@ -48,17 +53,34 @@ class Database:
         A database that cannot be reached (or is locked past the busy timeout) raises
         Unavailable, which clients see as UNAVAILABLE: worth a retry, unlike a bug."""
         try:
-            with self.engine.begin() as conn:
+            with self._begin() as conn:
                 yield conn
         except OperationalError as exc:
             raise self._unavailable(exc) from exc
+
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A transaction whose notifications (store/notify.py) are sent just before it
+        commits, and forgotten when it does not; its wake-ups of this process come after
+        the commit."""
+        woke = False
+        with self.engine.begin() as conn:
+            try:
+                yield conn
+                notify.send_pending(conn)
+            finally:
+                notify.discard_pending(conn)
+                woke = notify.take_wake_here(conn)
+        if woke:
+            for listener in self.wake_listeners:
+                listener()
 
     def run_sync(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one transaction; run it again when PostgreSQL aborted it as a
         deadlock victim or a serialization failure (nothing of it was committed)."""
         for attempt in range(1, RETRIES + 1):
             try:
-                with self.engine.begin() as conn:
+                with self._begin() as conn:
                     return work(conn)
             except OperationalError as exc:
                 if attempt < RETRIES and _retryable(exc):
@@ -92,6 +114,32 @@ class Database:
 
 
 RETRIES = 5
+# A pooled connection unused for longer than this is pinged before it is handed out.
+IDLE_PING_SECONDS = 5.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Hand out only live connections, like ``pool_pre_ping``, but ping only those that
+    sat idle: a busy dispatcher would otherwise pay a round trip per transaction. A
+    connection that dies while in use fails its transaction, which reports UNAVAILABLE."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+            return
+        try:
+            with contextlib.closing(dbapi_connection.cursor()) as cursor:
+                cursor.execute("SELECT 1")
+        except Exception as exc:
+            # The pool discards this connection and checks out another.
+            raise DisconnectionError("idle connection is gone") from exc
+
+
 # PostgreSQL's deadlock_detected and serialization_failure: the transaction was rolled
 # back whole and may simply run again.
 _RETRYABLE_PGCODES = frozenset({"40P01", "40001"})
@@ -109,7 +157,9 @@ def _unavailable(exc: OperationalError) -> Unavailable:
 
 def _create_engine(url: str, kind: str) -> Engine:
     if kind == "postgresql":
-        return create_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True)
+        engine = create_engine(url, pool_size=8, max_overflow=4)
+        _ping_idle_connections(engine)
+        return engine
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     # pysqlite's own transaction handling starts transactions late and never for

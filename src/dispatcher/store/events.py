@@ -1,11 +1,14 @@
-"""Named queries over the job event log as one stream (Admin WatchJobs): events in id
-order after a cursor. Event ids only grow, so an id is a cursor."""
+"""The job event log (SPEC §4, audit history): appending events, in one statement per
+group commit, and reading them back, per job or as one stream in id order after a
+cursor (Admin WatchJobs; event ids only grow, so an id is a cursor)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, select
+from sqlalchemy import Connection, Row, func, insert, select
 
 from dispatcher.domain.model import JobEvent
 from dispatcher.domain.states import JobState
@@ -17,7 +20,7 @@ _V = job_events.c
 def events_after(conn: Connection, after_id: int, limit: int) -> list[JobEvent]:
     """Up to ``limit`` events with ids above ``after_id``, oldest first."""
     rows = conn.execute(select(job_events).where(_V.id > after_id).order_by(_V.id).limit(limit))
-    return [_to_event(r) for r in rows]
+    return [to_event(r) for r in rows]
 
 
 def newest_event_id(conn: Connection) -> int:
@@ -25,15 +28,54 @@ def newest_event_id(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(_V.id), 0))).scalar_one())
 
 
-def _to_event(row: Row[Any]) -> JobEvent:
+_INSERT_EVENTS = insert(job_events)
+_EVENT_BUFFER = "dispatcher.event_buffer"
+
+
+def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Append audit events. Each row: job_id, execution_id, kind, from_state, to_state,
+    actor, cause, at. Inside :func:`buffered_events` they are written at its end, in
+    one statement, still in the same transaction."""
+    if not rows:
+        return
+    buffer = conn.info.get(_EVENT_BUFFER)
+    if buffer is not None:
+        buffer.extend(rows)
+    else:
+        conn.execute(_INSERT_EVENTS, list(rows))
+
+
+@contextmanager
+def buffered_events(conn: Connection) -> Iterator[None]:
+    """Collect the events written in the block and insert them in one statement when it
+    ends (group commits: many small moves, one INSERT). Nothing in the block may read
+    events back."""
+    conn.info[_EVENT_BUFFER] = []
+    try:
+        yield
+        rows = conn.info[_EVENT_BUFFER]
+    finally:
+        del conn.info[_EVENT_BUFFER]
+    if rows:
+        conn.execute(_INSERT_EVENTS, rows)
+
+
+def to_event(r: Row[Any]) -> JobEvent:
     return JobEvent(
-        id=row.id,
-        job_id=row.job_id,
-        execution_id=row.execution_id,
-        kind=row.kind,
-        from_state=JobState(row.from_state) if row.from_state else None,
-        to_state=JobState(row.to_state) if row.to_state else None,
-        actor=row.actor,
-        cause=row.cause,
-        at=row.at,
+        id=r.id,
+        job_id=r.job_id,
+        execution_id=r.execution_id,
+        kind=r.kind,
+        from_state=JobState(r.from_state) if r.from_state else None,
+        to_state=JobState(r.to_state) if r.to_state else None,
+        actor=r.actor,
+        cause=r.cause,
+        at=r.at,
     )
+
+
+def events_of(conn: Connection, job_id: int) -> list[JobEvent]:
+    rows = conn.execute(
+        select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
+    )
+    return [to_event(r) for r in rows]

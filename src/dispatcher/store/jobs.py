@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -17,23 +16,27 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    null,
     or_,
     select,
+    text,
     update,
 )
 
-from dispatcher.domain.model import Execution, Job, JobEvent, JobFilter, JobSpec, RetryPolicy
+from dispatcher.domain.model import Job, JobFilter, JobSpec, RetryPolicy
 from dispatcher.domain.states import (
     UNFINISHED_STATES,
     JobState,
     OnLostPolicy,
-    Outcome,
     Transition,
 )
+from dispatcher.store import events as event_store
+from dispatcher.store.executions import insert_executions
 from dispatcher.store.sql import delta as _delta
 from dispatcher.store.sql import insert_ignoring_conflicts
 from dispatcher.store.sql import seconds as _seconds
 from dispatcher.store.tables import (
+    UtcDateTime,
     backoffs,
     coalesce_holds,
     executions,
@@ -42,7 +45,6 @@ from dispatcher.store.tables import (
     job_events,
     job_labels,
     jobs,
-    runners,
     schedules,
 )
 
@@ -132,6 +134,28 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], now: datetime) -> list[
     return ids
 
 
+def as_inserted(new: NewJob, job_id: int, now: datetime, *, flavor: str = "") -> Job:
+    """The job :func:`insert_jobs` wrote, as :func:`get_job` would read it back, without
+    the read: the defaults it filled in and times in UTC. ``flavor``: the name of the
+    flavor ``new.flavor_id`` names."""
+    spec = new.spec
+    origin = spec.origin_time.astimezone(UTC) if spec.origin_time else None
+    due = (spec.not_before or now).astimezone(UTC)
+    return Job(
+        id=job_id,
+        spec=replace(spec, not_before=due, origin_time=origin),
+        state=new.state,
+        info=new.info,
+        attempt=0,
+        current_execution_id=None,
+        duplicate_of=new.duplicate_of,
+        created_at=now.astimezone(UTC),
+        updated_at=now.astimezone(UTC),
+        finished_at=now.astimezone(UTC) if new.state.terminal else None,
+        flavor=flavor,
+    )
+
+
 # Built once: a statement object keeps its compiled form and cache key.
 _INSERT_JOBS = insert(jobs).returning(_J.id, sort_by_parameter_order=True)
 
@@ -140,7 +164,7 @@ def job_id_by_idempotency_key(conn: Connection, key: str) -> int | None:
     return conn.execute(select(_J.id).where(_J.idempotency_key == key)).scalar_one_or_none()
 
 
-def _job_columns() -> list[Any]:
+def job_columns() -> list[Any]:
     return [
         *jobs.c,
         executions.c.runner_name,
@@ -150,14 +174,14 @@ def _job_columns() -> list[Any]:
 
 
 def _job_query() -> Any:
-    return select(*_job_columns()).select_from(
+    return select(*job_columns()).select_from(
         jobs.outerjoin(executions, _E.id == _J.current_execution_id)
         .outerjoin(flavors, flavors.c.id == _J.flavor_id)
         .outerjoin(schedules, schedules.c.id == _J.schedule_id)
     )
 
 
-def _to_job(row: Row[Any]) -> Job:
+def to_job(row: Row[Any]) -> Job:
     m = row._mapping
     spec = JobSpec(
         platform=m["platform"],
@@ -214,58 +238,15 @@ _GET_JOB_FOR_UPDATE = _GET_JOB.with_for_update(of=jobs)
 def get_job(conn: Connection, job_id: int, *, for_update: bool = False) -> Job | None:
     locking = for_update and conn.dialect.name == "postgresql"
     row = conn.execute(_GET_JOB_FOR_UPDATE if locking else _GET_JOB, {"job_id": job_id}).first()
-    return _to_job(row) if row else None
-
-
-@dataclass(frozen=True)
-class Reported:
-    """What fencing needs about an execution a runner reports on, and its job."""
-
-    job: Job
-    session_id: int | None
-    finished: bool
-    # The reporting runner has losses to forgive (quarantine counters not at zero).
-    runner_on_probation: bool = False
-
-
-_REPORTED = executions.alias("reported")
-_FENCE = (
-    select(
-        *_job_columns(),
-        _REPORTED.c.session_id.label("reported_session_id"),
-        _REPORTED.c.finished_at.label("reported_finished_at"),
-        ((runners.c.lost_in_row > 0) | (runners.c.quarantines > 0)).label("on_probation"),
-    )
-    .select_from(
-        _REPORTED.join(jobs, _J.id == _REPORTED.c.job_id)
-        .outerjoin(runners, runners.c.name == _REPORTED.c.runner_name)
-        .outerjoin(executions, _E.id == _J.current_execution_id)
-        .outerjoin(flavors, flavors.c.id == _J.flavor_id)
-        .outerjoin(schedules, schedules.c.id == _J.schedule_id)
-    )
-    .where(_REPORTED.c.id == bindparam("execution_id"))
-)
-_FENCE_FOR_UPDATE = _FENCE.with_for_update(of=jobs)
-
-
-def reported(conn: Connection, execution_id: int) -> Reported | None:
-    """The execution a runner reports on and its job (locked on PostgreSQL), in one
-    read: the fence of every report."""
-    statement = _FENCE_FOR_UPDATE if conn.dialect.name == "postgresql" else _FENCE
-    row: Any = conn.execute(statement, {"execution_id": execution_id}).first()
-    if row is None:
-        return None
-    return Reported(
-        _to_job(row),
-        row.reported_session_id,
-        row.reported_finished_at is not None,
-        bool(row.on_probation),
-    )
+    return to_job(row) if row else None
 
 
 def get_jobs(conn: Connection, job_ids: Iterable[int]) -> dict[int, Job]:
-    rows = conn.execute(_job_query().where(_J.id.in_(list(job_ids)))).all()
-    return {job.id: job for job in map(_to_job, rows)}
+    ids = list(job_ids)
+    if not ids:
+        return {}  # the due sweep's usual case: nothing due, no query to build
+    rows = conn.execute(_job_query().where(_J.id.in_(ids))).all()
+    return {job.id: job for job in map(to_job, rows)}
 
 
 def list_jobs(conn: Connection, flt: JobFilter, *, before_id: int | None, limit: int) -> list[Job]:
@@ -292,7 +273,7 @@ def list_jobs(conn: Connection, flt: JobFilter, *, before_id: int | None, limit:
     if before_id is not None:
         conds.append(_J.id < before_id)
     rows = conn.execute(query.where(and_(True, *conds)).order_by(_J.id.desc()).limit(limit))
-    return [_to_job(r) for r in rows]
+    return [to_job(r) for r in rows]
 
 
 def coalesce_blocked() -> Any:
@@ -304,35 +285,62 @@ def coalesce_blocked() -> Any:
     )
 
 
-def _foreign_label(labels: frozenset[str]) -> Any:
-    """True for a job with a label the runner lacks (SPEC §5.1: job labels ⊆ runner's)."""
-    return exists().where(job_labels.c.job_id == _J.id, job_labels.c.label.not_in(sorted(labels)))
+# Built once, with the runner's platform, labels and free slots as parameters: a claim
+# is on the hot path, and building and caching a statement this size costs more than
+# running it.
+# A QUEUED job has no current execution, and its flavor and schedule names are read by
+# subqueries, not joins: PostgreSQL plans this statement on every call (psycopg2 sends
+# no prepared statements), and planning four joined tables cost more than running it.
+_QUEUED_JOBS: Any = select(
+    *jobs.c,
+    null().label("runner_name"),
+    select(flavors.c.name)
+    .where(flavors.c.id == _J.flavor_id)
+    .scalar_subquery()
+    .label("flavor_name"),
+    select(schedules.c.name)
+    .where(schedules.c.id == _J.schedule_id)
+    .scalar_subquery()
+    .label("schedule_name"),
+)
+_CLAIMABLE = (
+    _QUEUED_JOBS.where(
+        # QUEUED jobs are due by construction (the due loop queues them), so the order
+        # is read straight off ix_jobs_claim_order without a due filter.
+        _J.state == JobState.QUEUED.value,
+        _J.platform == bindparam("platform"),
+        _J.distributor.in_(("", "runners")),  # other distributors' jobs are theirs
+        ~exists().where(
+            job_labels.c.job_id == _J.id,
+            job_labels.c.label.not_in(bindparam("runner_labels", expanding=True)),
+        ),
+        ~coalesce_blocked(),
+    )
+    .order_by(_J.priority.desc(), _J.not_before, _J.id)
+    .limit(bindparam("slots"))
+)
+_CLAIMABLE_SKIP_LOCKED = _CLAIMABLE.with_for_update(skip_locked=True, of=jobs)
 
 
 def claimable_jobs(
     conn: Connection, platform: str, labels: frozenset[str], limit: int
 ) -> list[Job]:
-    """The next ``limit`` QUEUED jobs a runner with ``platform``/``labels`` may take, in
-    claim order (SPEC §5.2), locked for this transaction. On PostgreSQL rows locked by
-    another replica's claim are skipped, not waited for. The order is the one of
-    ``ix_jobs_claim_order``, so the cost does not grow with the length of the queue."""
-    query = (
-        _job_query()
-        .where(
-            # QUEUED jobs are due by construction (the due loop queues them), so the
-            # order is read straight off ix_jobs_claim_order without a due filter.
-            _J.state == JobState.QUEUED.value,
-            _J.platform == platform,
-            _J.distributor.in_(("", "runners")),  # other distributors' jobs are theirs
-            ~_foreign_label(labels),
-            ~coalesce_blocked(),
-        )
-        .order_by(_J.priority.desc(), _J.not_before, _J.id)
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=jobs)
-    return [_to_job(row) for row in conn.execute(query)]
+    """The next ``limit`` QUEUED jobs a runner with ``platform``/``labels`` may take
+    (SPEC §5.1: job labels ⊆ runner's), in claim order (SPEC §5.2), locked for this
+    transaction. On PostgreSQL rows locked by another replica's claim are skipped, not
+    waited for. The order is the one of ``ix_jobs_claim_order``, so the cost does not
+    grow with the length of the queue."""
+    query = _CLAIMABLE_SKIP_LOCKED if conn.dialect.name == "postgresql" else _CLAIMABLE
+    params = {"platform": platform, "runner_labels": sorted(labels), "slots": limit}
+    return [to_job(row) for row in conn.execute(query, params)]
+
+
+_ANY_QUEUED = select(_J.id).where(_J.state == JobState.QUEUED.value).limit(1)
+
+
+def any_queued(conn: Connection) -> bool:
+    """Whether any job is QUEUED (read off the claim order's partial index)."""
+    return conn.execute(_ANY_QUEUED).first() is not None
 
 
 def jobs_ahead(conn: Connection, job: Job) -> int:
@@ -385,8 +393,12 @@ def _backoff_active(now: datetime) -> Any:
     )
 
 
+# Made once: an alias builds its column collection anew each time it is made.
+_LEADER = jobs.alias("leader")
+
+
 def _dedupe_led() -> Any:
-    leader = jobs.alias("leader")
+    leader = _LEADER
     return exists().where(
         leader.c.dedupe_key == _J.dedupe_key,
         leader.c.state.in_([JobState.QUEUED.value, JobState.BUILDING.value]),
@@ -577,10 +589,111 @@ _MOVE_CLAIMED = (
 
 
 def move_claimed(conn: Connection, claims: Sequence[tuple[int, int]], now: datetime) -> int:
-    """QUEUED -> BUILDING for (job id, new execution id) pairs, as one executemany; the
-    compare-and-set on QUEUED stays. Returns how many rows moved."""
+    """QUEUED -> BUILDING for (job id, new execution id) pairs, as one executemany (on
+    SQLite); the compare-and-set on QUEUED stays. Returns how many rows moved."""
     rows = [{"b_id": job_id, "b_execution_id": e, "b_now": now} for job_id, e in claims]
     return int(conn.execute(_MOVE_CLAIMED, rows).rowcount)
+
+
+@dataclass(frozen=True)
+class NewExecution:
+    """A QUEUED job bound to a runner session by a claim."""
+
+    job_id: int
+    number: int
+    runner: str
+    session_id: int
+    deadline_at: datetime | None
+    actor: str
+
+
+_PG_CLAIM = text(
+    """
+    WITH claimed AS (
+        SELECT * FROM unnest(
+            CAST(:job_ids AS BIGINT[]), CAST(:numbers AS INTEGER[]),
+            CAST(:runners AS VARCHAR[]), CAST(:session_ids AS BIGINT[]),
+            CAST(:deadlines AS TIMESTAMP[]), CAST(:actors AS VARCHAR[])
+        ) AS c(job_id, number, runner_name, session_id, deadline_at, actor)
+    ), made AS (
+        INSERT INTO executions (job_id, number, runner_name, session_id, started_at, result,
+                                deadline_at)
+        SELECT job_id, number, runner_name, session_id, :now, '', deadline_at FROM claimed
+        RETURNING id, job_id
+    ), moved AS (
+        UPDATE jobs AS j
+        SET state = 'BUILDING', current_execution_id = made.id, attempt = j.attempt + 1,
+            info = '', updated_at = :now
+        FROM made
+        WHERE j.id = made.job_id AND j.state = 'QUEUED'
+        RETURNING j.id
+    ), logged AS (
+        INSERT INTO job_events (job_id, execution_id, kind, from_state, to_state, actor,
+                                cause, at)
+        SELECT made.job_id, made.id, :kind, 'QUEUED', 'BUILDING', claimed.actor, '', :now
+        FROM made JOIN claimed ON claimed.job_id = made.job_id
+        ORDER BY made.id
+    )
+    SELECT made.id, made.job_id, (SELECT count(*) FROM moved) AS moved FROM made
+    """
+).bindparams(bindparam("now", type_=UtcDateTime()))
+
+
+def claim_queued(
+    conn: Connection, claims: Sequence[NewExecution], now: datetime, *, event: str
+) -> list[int]:
+    """Bind QUEUED jobs to runner sessions: an execution each, QUEUED -> BUILDING as a
+    compare-and-set, and an ``event`` each; one statement on PostgreSQL. Returns the new
+    execution ids in the order of ``claims``; raises when a job was not QUEUED (the
+    caller holds the rows, so that is a bug, not a race)."""
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(
+            _PG_CLAIM,
+            {
+                "now": now,
+                "kind": event,
+                "job_ids": [c.job_id for c in claims],
+                "numbers": [c.number for c in claims],
+                "runners": [c.runner for c in claims],
+                "session_ids": [c.session_id for c in claims],
+                "deadlines": [
+                    c.deadline_at.astimezone(UTC).replace(tzinfo=None) if c.deadline_at else None
+                    for c in claims
+                ],
+                "actors": [c.actor for c in claims],
+            },
+        ).all()
+        moved = rows[0].moved if rows else 0
+        by_job = {r.job_id: r.id for r in rows}
+        execution_ids = [by_job[c.job_id] for c in claims]
+    else:
+        execution_ids = insert_executions(
+            conn,
+            [(c.job_id, c.number, c.runner, c.session_id, c.deadline_at) for c in claims],
+            now,
+        )
+        moved = move_claimed(
+            conn, list(zip([c.job_id for c in claims], execution_ids, strict=True)), now
+        )
+        event_store.insert_events(
+            conn,
+            [
+                {
+                    "job_id": c.job_id,
+                    "execution_id": execution_id,
+                    "kind": event,
+                    "from_state": JobState.QUEUED.value,
+                    "to_state": JobState.BUILDING.value,
+                    "actor": c.actor,
+                    "cause": "",
+                    "at": now,
+                }
+                for c, execution_id in zip(claims, execution_ids, strict=True)
+            ],
+        )
+    if moved != len(claims):
+        raise RuntimeError(f"{len(claims) - moved} job(s) changed under a claim lock")
+    return execution_ids
 
 
 def mark_cancel_requested(conn: Connection, job_id: int, execution_id: int, now: datetime) -> bool:
@@ -597,95 +710,6 @@ def mark_cancel_requested(conn: Connection, job_id: int, execution_id: int, now:
     return result.rowcount == 1
 
 
-# --- executions -------------------------------------------------------------------
-
-
-def insert_execution(
-    conn: Connection,
-    job_id: int,
-    number: int,
-    runner: str,
-    session_id: int | None,
-    now: datetime,
-    deadline_at: datetime | None = None,
-) -> int:
-    stmt = insert(executions).returning(_E.id)
-    return int(
-        conn.execute(
-            stmt,
-            {
-                "job_id": job_id,
-                "number": number,
-                "runner_name": runner,
-                "session_id": session_id,
-                "started_at": now,
-                "result": b"",
-                "deadline_at": deadline_at,
-            },
-        ).scalar_one()
-    )
-
-
-_INSERT_EXECUTIONS = insert(executions).returning(_E.id, sort_by_parameter_order=True)
-
-
-def insert_executions(
-    conn: Connection,
-    rows: Sequence[tuple[int, int, str, int | None, datetime | None]],
-    now: datetime,
-) -> list[int]:
-    """New executions (job id, number, runner, session id, deadline); their ids in order."""
-    values = [
-        {
-            "job_id": job_id,
-            "number": number,
-            "runner_name": runner,
-            "session_id": session_id,
-            "started_at": now,
-            "result": b"",
-            "deadline_at": deadline,
-        }
-        for job_id, number, runner, session_id, deadline in rows
-    ]
-    return list(conn.execute(_INSERT_EXECUTIONS, values).scalars())
-
-
-def get_execution(conn: Connection, execution_id: int) -> Execution | None:
-    row = conn.execute(select(executions).where(_E.id == execution_id)).first()
-    return _to_execution(row) if row else None
-
-
-def executions_of(conn: Connection, job_id: int) -> list[Execution]:
-    rows = conn.execute(select(executions).where(_E.job_id == job_id).order_by(_E.number))
-    return [_to_execution(r) for r in rows]
-
-
-def move_open_executions(conn: Connection, from_session: int, to_session: int) -> list[int]:
-    """Re-attach: the unfinished executions of one session now belong to another."""
-    ids = [e for e, _ in open_executions_of_session(conn, from_session)]
-    if ids:
-        conn.execute(
-            update(executions)
-            .where(_E.id.in_(ids), _E.finished_at.is_(None))
-            .values(session_id=to_session)
-        )
-    return ids
-
-
-def unaccepted_executions(conn: Connection, cutoff: datetime) -> list[tuple[int, int, int]]:
-    """(execution id, job id, session id) of open executions assigned before ``cutoff``
-    that their runner never accepted."""
-    rows = conn.execute(
-        select(_E.id, _E.job_id, _E.session_id).where(
-            _E.finished_at.is_(None),
-            _E.accepted_at.is_(None),
-            _E.session_id.is_not(None),
-            _E.started_at < cutoff,
-        )
-    )
-    return [(r.id, r.job_id, r.session_id) for r in rows]
-
-
 def overdue_cancels(conn: Connection, cutoff: datetime) -> list[tuple[int, int]]:
     """(job id, execution id) of BUILDING jobs whose cancel was asked before ``cutoff``."""
     rows = conn.execute(
@@ -694,171 +718,6 @@ def overdue_cancels(conn: Connection, cutoff: datetime) -> list[tuple[int, int]]
         )
     )
     return [(r.id, r.current_execution_id) for r in rows]
-
-
-def open_executions_of_session(conn: Connection, session_id: int) -> list[tuple[int, int]]:
-    """(execution id, job id) of every unfinished execution bound to a session."""
-    rows = conn.execute(
-        select(_E.id, _E.job_id).where(_E.session_id == session_id, _E.finished_at.is_(None))
-    )
-    return [(r.id, r.job_id) for r in rows]
-
-
-def finish_execution(
-    conn: Connection,
-    execution_id: int,
-    outcome: Outcome,
-    now: datetime,
-    *,
-    info: str = "",
-    logtail: str | None = None,
-    result: bytes = b"",
-) -> bool:
-    values: dict[str, Any] = {
-        "outcome": outcome.value,
-        "finished_at": now,
-        "info": info,
-        "result": result,
-    }
-    if logtail is not None:
-        values["logtail"] = logtail
-    res = conn.execute(
-        update(executions).where(_E.id == execution_id, _E.finished_at.is_(None)).values(values)
-    )
-    return res.rowcount == 1
-
-
-def touch_executions(
-    conn: Connection,
-    session_id: int,
-    updates: Sequence[tuple[int, str | None, int | None]],
-    now: datetime,
-) -> None:
-    """Record heartbeats of one session: (execution id, logtail or None, progress or None).
-    Executions that are finished or bound to another session are left alone."""
-    for execution_id, logtail, progress in updates:
-        values: dict[str, Any] = {"last_heartbeat_at": now}
-        if logtail is not None:
-            values["logtail"] = logtail
-        if progress is not None:
-            values["progress_percent"] = progress
-        conn.execute(
-            update(executions)
-            .where(_E.id == execution_id, _E.session_id == session_id, _E.finished_at.is_(None))
-            .values(values)
-        )
-
-
-_ACCEPT = (
-    update(executions)
-    .where(
-        _E.id == bindparam("b_id"),
-        _E.session_id == bindparam("b_session"),
-        _E.finished_at.is_(None),
-        _E.accepted_at.is_(None),
-    )
-    .values(accepted_at=bindparam("b_now"))
-    .returning(_E.job_id)
-)
-
-
-def accept_open_execution(
-    conn: Connection, execution_id: int, session_id: int, now: datetime
-) -> int | None:
-    """Mark an open, unaccepted execution of ``session_id`` accepted; its job id, or None
-    when it is not one (finished, another session's, already accepted, unknown)."""
-    row = conn.execute(
-        _ACCEPT, {"b_id": execution_id, "b_session": session_id, "b_now": now}
-    ).first()
-    return None if row is None else int(row.job_id)
-
-
-def mark_execution(conn: Connection, execution_id: int, column: str, now: datetime) -> bool:
-    """Set ``accepted_at`` or ``committed_at`` once on an open execution."""
-    col = _E[column]
-    res = conn.execute(
-        update(executions)
-        .where(_E.id == execution_id, _E.finished_at.is_(None), col.is_(None))
-        .values({column: now})
-    )
-    return res.rowcount == 1
-
-
-def _to_execution(row: Row[Any]) -> Execution:
-    m = row._mapping
-    return Execution(
-        id=m["id"],
-        job_id=m["job_id"],
-        number=m["number"],
-        runner=m["runner_name"],
-        session_id=m["session_id"],
-        started_at=m["started_at"],
-        last_heartbeat_at=m["last_heartbeat_at"],
-        committed_at=m["committed_at"],
-        finished_at=m["finished_at"],
-        outcome=Outcome(m["outcome"]) if m["outcome"] else None,
-        info=m["info"],
-        logtail=m["logtail"],
-        result=bytes(m["result"]),
-        distributor=m["distributor"],
-        info_url=m["info_url"],
-    )
-
-
-# --- events -----------------------------------------------------------------------
-
-
-_INSERT_EVENTS = insert(job_events)
-_EVENT_BUFFER = "dispatcher.event_buffer"
-
-
-def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Append audit events. Each row: job_id, execution_id, kind, from_state, to_state,
-    actor, cause, at. Inside :func:`buffered_events` they are written at its end, in
-    one statement, still in the same transaction."""
-    if not rows:
-        return
-    buffer = conn.info.get(_EVENT_BUFFER)
-    if buffer is not None:
-        buffer.extend(rows)
-    else:
-        conn.execute(_INSERT_EVENTS, list(rows))
-
-
-@contextmanager
-def buffered_events(conn: Connection) -> Iterator[None]:
-    """Collect the events written in the block and insert them in one statement when it
-    ends (group commits: many small moves, one INSERT). Nothing in the block may read
-    events back."""
-    conn.info[_EVENT_BUFFER] = []
-    try:
-        yield
-        rows = conn.info[_EVENT_BUFFER]
-    finally:
-        del conn.info[_EVENT_BUFFER]
-    if rows:
-        conn.execute(_INSERT_EVENTS, rows)
-
-
-def to_event(r: Row[Any]) -> JobEvent:
-    return JobEvent(
-        id=r.id,
-        job_id=r.job_id,
-        execution_id=r.execution_id,
-        kind=r.kind,
-        from_state=JobState(r.from_state) if r.from_state else None,
-        to_state=JobState(r.to_state) if r.to_state else None,
-        actor=r.actor,
-        cause=r.cause,
-        at=r.at,
-    )
-
-
-def events_of(conn: Connection, job_id: int) -> list[JobEvent]:
-    rows = conn.execute(
-        select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
-    )
-    return [to_event(r) for r in rows]
 
 
 def make_due(conn: Connection, job_id: int, now: datetime) -> bool:

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from dispatcher.domain.model import Runner, RunnerHello, RunnerState
-from dispatcher.store.tables import executions, replicas, runner_sessions, runners
+from dispatcher.store.tables import executions, jobs, replicas, runner_sessions, runners
 
 _R = runners.c
 _S = runner_sessions.c
+_E = executions.c
 
 
 def upsert_runner(conn: Connection, hello: RunnerHello, state: RunnerState, now: datetime) -> None:
@@ -72,16 +83,6 @@ def list_runners(conn: Connection, name: str | None = None) -> list[Runner]:
     return sorted(result, key=lambda r: (r.state is RunnerState.OFFLINE, r.name))
 
 
-def quarantined_runners(conn: Connection, names: list[str], now: datetime) -> dict[str, datetime]:
-    """Which of these runners get no work now, and until when."""
-    rows = conn.execute(
-        select(_R.name, _R.quarantined_until).where(
-            _R.name.in_(sorted(set(names))), _R.quarantined_until > now
-        )
-    )
-    return {r.name: r.quarantined_until for r in rows}
-
-
 def quarantines_ended_between(conn: Connection, start: datetime, end: datetime) -> bool:
     query = select(_R.name).where(_R.quarantined_until > start, _R.quarantined_until <= end)
     return conn.execute(query.limit(1)).first() is not None
@@ -129,16 +130,28 @@ def open_session(
     )
 
 
-def lock_open_sessions(conn: Connection, session_ids: list[int]) -> set[int]:
-    """Which of these sessions are still open, holding them until the transaction ends
-    so that a concurrent close waits for this transaction (and then sees what it bound).
+_CLAIMING_FOR = (
+    select(_S.id)
+    .select_from(runner_sessions.join(runners, _R.name == _S.runner_name))
+    .where(
+        _S.id.in_(bindparam("session_ids", expanding=True)),
+        _S.closed_at.is_(None),
+        or_(_R.quarantined_until.is_(None), _R.quarantined_until <= bindparam("now")),
+    )
+    .order_by(_S.id)
+)
+_CLAIMING_FOR_LOCKED = _CLAIMING_FOR.with_for_update(key_share=True, read=True, of=runner_sessions)
+
+
+def lock_sessions_to_claim_for(conn: Connection, session_ids: list[int], now: datetime) -> set[int]:
+    """Which of these sessions may get work now: still open, their runner not in
+    quarantine. The sessions are held until the transaction ends, so that a concurrent
+    close waits for this transaction (and then sees what it bound).
 
     PostgreSQL: FOR KEY SHARE, in id order. Heartbeats (plain UPDATEs of the row) pass
     it; ``close_session`` takes FOR UPDATE, which waits for it."""
-    query = select(_S.id).where(_S.id.in_(sorted(session_ids)), _S.closed_at.is_(None))
-    if conn.dialect.name == "postgresql":
-        query = query.order_by(_S.id).with_for_update(key_share=True, read=True)
-    return set(conn.execute(query).scalars())
+    query = _CLAIMING_FOR_LOCKED if conn.dialect.name == "postgresql" else _CLAIMING_FOR
+    return set(conn.execute(query, {"session_ids": sorted(session_ids), "now": now}).scalars())
 
 
 def resumable_session(conn: Connection, runner: str, resume_token_hash: str) -> int | None:
@@ -151,14 +164,6 @@ def resumable_session(conn: Connection, runner: str, resume_token_hash: str) -> 
         )
     ).scalar_one_or_none()
     return value
-
-
-def touch_session(conn: Connection, session_id: int, now: datetime) -> None:
-    conn.execute(
-        update(runner_sessions)
-        .where(_S.id == session_id, _S.closed_at.is_(None))
-        .values(last_seen_at=now)
-    )
 
 
 def detach_session(conn: Connection, session_id: int, now: datetime) -> bool:
@@ -176,21 +181,35 @@ def sessions_detached_before(conn: Connection, cutoff: datetime) -> list[int]:
 
 
 def attached_sessions_silent_since(
-    conn: Connection, replica_id: str, cutoff: datetime
+    conn: Connection, replica_id: str, *, busy_cutoff: datetime, idle_cutoff: datetime
 ) -> list[int]:
-    """Attached sessions of ``replica_id`` whose last heartbeat is older than ``cutoff``.
-    Only the replica holding a stream judges its silence: when that replica dies, the
-    silence is its fault, not the runner's, so its sessions are detached at the end of
-    its lease and keep their re-attach grace."""
-    rows = conn.execute(
-        select(_S.id).where(
-            _S.replica_id == replica_id,
-            _S.closed_at.is_(None),
-            _S.detached_at.is_(None),
-            _S.last_seen_at < cutoff,
-        )
+    """Attached sessions of ``replica_id`` silent too long: last heard before
+    ``busy_cutoff`` while holding an execution assigned before it, or before
+    ``idle_cutoff`` at all (idle runners may send fewer heartbeats). Only the replica
+    holding a stream judges its silence: when that replica dies, the silence is its
+    fault, not the runner's, so its sessions are detached at the end of its lease and
+    keep their re-attach grace.
+
+    Two reads, each off an index, so that ten thousand idle streams cost nothing but
+    the silent ones: the idle read is a range of ix_runner_sessions_attached; the busy
+    one starts from the open executions (few), each looking up its session."""
+    attached = (
+        _S.replica_id == replica_id,
+        _S.closed_at.is_(None),
+        _S.detached_at.is_(None),
     )
-    return list(rows.scalars())
+    idle = conn.execute(select(_S.id).where(*attached, _S.last_seen_at < idle_cutoff))
+    silent_holder = (
+        select(_S.id)
+        .where(_S.id == _E.session_id, *attached, _S.last_seen_at < busy_cutoff)
+        .exists()
+    )
+    busy = conn.execute(
+        select(_E.session_id)
+        .distinct()
+        .where(_E.finished_at.is_(None), _E.started_at < busy_cutoff, silent_holder)
+    )
+    return sorted({*idle.scalars(), *busy.scalars()})
 
 
 def open_sessions_of_runner(conn: Connection, runner: str) -> list[int]:
@@ -200,7 +219,7 @@ def open_sessions_of_runner(conn: Connection, runner: str) -> list[int]:
 
 def close_session(conn: Connection, session_id: int, reason: str, now: datetime) -> bool:
     if conn.dialect.name == "postgresql":
-        # Wait for claims binding jobs to this session (see lock_open_sessions).
+        # Wait for claims binding jobs to this session (see lock_sessions_to_claim_for).
         conn.execute(select(_S.id).where(_S.id == session_id).with_for_update())
     res = conn.execute(
         update(runner_sessions)
@@ -230,6 +249,13 @@ def register_replica(
     )
 
 
+def replica_lease_until(conn: Connection, replica_id: str) -> datetime | None:
+    lease: datetime | None = conn.execute(
+        select(replicas.c.lease_until).where(replicas.c.id == replica_id)
+    ).scalar_one_or_none()
+    return lease
+
+
 def renew_replica(conn: Connection, replica_id: str, lease_until: datetime) -> bool:
     res = conn.execute(
         update(replicas).where(replicas.c.id == replica_id).values(lease_until=lease_until)
@@ -249,18 +275,63 @@ def live_replica_count(conn: Connection, now: datetime) -> int:
     )
 
 
-def orphaned_attached_sessions(conn: Connection, replica_id: str, now: datetime) -> list[int]:
-    """Attached sessions of other replicas that are gone: lease expired, or no row."""
-    live = select(replicas.c.id).where(replicas.c.lease_until >= now)
+def orphaned_attached_sessions(
+    conn: Connection, replica_id: str, now: datetime
+) -> list[tuple[int, datetime]]:
+    """Attached sessions of other replicas that are gone (lease expired, or no row), each
+    with the moment its replica was presumed dead: the end of its lease (``now`` when
+    the row is gone).
+
+    First the least and greatest replica holding open sessions, off the partial index:
+    when both are ``replica_id`` (one replica, the usual case) there is nothing to
+    look at, whatever the number of streams."""
+    # Two subqueries: SQLite reads a lone min() or max() off an index, not both at once.
+    holders = select(_S.replica_id).where(_S.closed_at.is_(None))
+    lowest, highest = conn.execute(
+        select(
+            holders.with_only_columns(func.min(_S.replica_id)).scalar_subquery(),
+            holders.with_only_columns(func.max(_S.replica_id)).scalar_subquery(),
+        )
+    ).one()
+    if lowest is None or lowest == highest == replica_id:
+        return []
     rows = conn.execute(
-        select(_S.id).where(
+        select(_S.id, replicas.c.lease_until)
+        .select_from(runner_sessions.outerjoin(replicas, replicas.c.id == _S.replica_id))
+        .where(
             _S.closed_at.is_(None),
             _S.detached_at.is_(None),
             _S.replica_id != replica_id,
-            _S.replica_id.not_in(live),
+            or_(replicas.c.id.is_(None), replicas.c.lease_until < now),
         )
     )
-    return list(rows.scalars())
+    return [(r.id, r.lease_until or now) for r in rows]
+
+
+def reattach_orphaned_sessions(
+    conn: Connection,
+    replica_id: str,
+    session_ids: Collection[int],
+    lease_ends: Collection[datetime],
+) -> list[int]:
+    """Of ``session_ids`` (streams this replica holds), those that other replicas
+    detached when this replica's lease ran out (it was frozen or cut off, not dead):
+    attached again. They were detached at one of ``lease_ends``, ends of this replica's
+    leases that ran out; a session detached at another moment lost its stream."""
+    if not session_ids or not lease_ends:
+        return []
+    res = conn.execute(
+        update(runner_sessions)
+        .where(
+            _S.id.in_(sorted(session_ids)),
+            _S.replica_id == replica_id,
+            _S.closed_at.is_(None),
+            _S.detached_at.in_(sorted(lease_ends)),
+        )
+        .values(detached_at=None)
+        .returning(_S.id)
+    )
+    return sorted(res.scalars())
 
 
 def expire_other_replicas(conn: Connection, replica_id: str, now: datetime) -> None:
@@ -270,3 +341,80 @@ def expire_other_replicas(conn: Connection, replica_id: str, now: datetime) -> N
         .where(replicas.c.id != replica_id, replicas.c.lease_until >= now)
         .values(lease_until=now)
     )
+
+
+# --- what streams on this replica should know -----------------------------------------
+
+
+# Beyond this many draining runners, their sessions are found by a join instead.
+MAX_NAMES_LISTED = 500
+
+
+def open_streams_digest(conn: Connection, replica_id: str) -> tuple[int, int]:
+    """(how many, sum of ids) of the open sessions of ``replica_id``: read off its
+    partial index without a row per session reaching Python."""
+    row = conn.execute(
+        select(func.count(), func.coalesce(func.sum(_S.id), 0)).where(
+            _S.replica_id == replica_id, _S.closed_at.is_(None)
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def open_streams_of_replica(conn: Connection, replica_id: str) -> set[int]:
+    """The open sessions of ``replica_id`` (read off its partial index)."""
+    return set(
+        conn.execute(
+            select(_S.id).where(_S.replica_id == replica_id, _S.closed_at.is_(None))
+        ).scalars()
+    )
+
+
+def draining_streams_of_replica(conn: Connection, replica_id: str) -> set[int]:
+    """The open sessions of ``replica_id`` whose runner is draining: the draining
+    runners first (few, off ix_runners_draining), then their sessions."""
+    names = list(
+        conn.execute(select(_R.name).where(_R.state == RunnerState.DRAINING.value)).scalars()
+    )
+    if not names:
+        return set()
+    if len(names) > MAX_NAMES_LISTED:
+        return set(
+            conn.execute(
+                select(_S.id)
+                .select_from(runners.join(runner_sessions, _S.runner_name == _R.name))
+                .where(
+                    _R.state == RunnerState.DRAINING.value,
+                    _S.replica_id == replica_id,
+                    _S.closed_at.is_(None),
+                )
+            ).scalars()
+        )
+    return set(
+        conn.execute(
+            select(_S.id).where(
+                _S.runner_name.in_(names), _S.replica_id == replica_id, _S.closed_at.is_(None)
+            )
+        ).scalars()
+    )
+
+
+def cancels_pending_on(conn: Connection, replica_id: str) -> list[tuple[int, int]]:
+    """(session id, execution id) of the open executions on sessions of ``replica_id``
+    whose job's cancel was asked and not yet confirmed."""
+    rows = conn.execute(
+        select(_E.session_id, _E.id)
+        .select_from(
+            jobs.join(executions, jobs.c.current_execution_id == _E.id).join(
+                runner_sessions, _S.id == _E.session_id
+            )
+        )
+        .where(
+            jobs.c.state == "BUILDING",
+            jobs.c.cancel_requested_at.is_not(None),
+            _E.finished_at.is_(None),
+            _S.replica_id == replica_id,
+        )
+        .order_by(_E.id)
+    )
+    return [(r.session_id, r.id) for r in rows]

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, func, select
 
 from dispatcher.domain.model import JobEvent, RunnerState
 from dispatcher.domain.states import JobState
-from dispatcher.store.jobs import to_event
+from dispatcher.store.events import to_event
 from dispatcher.store.tables import executions, job_events, jobs, runner_sessions, runners
 
 

@@ -61,6 +61,31 @@ class UtcDateTime(TypeDecorator[datetime]):
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC)
 
+    # SQLite stores the text SQLAlchemy's DateTime writes ("YYYY-MM-DD HH:MM:SS.ffffff");
+    # these write and read that same text with the C isoformat functions, not through
+    # the generic formatting and regular expression: times are on every hot statement.
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: datetime | None) -> str | None:
+            if value is not None and value.tzinfo is UTC:  # nearly always: skip the checks
+                return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            naive = self.process_bind_param(value, dialect)
+            return None if naive is None else naive.isoformat(" ", "microseconds")
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def process(value: str | None) -> datetime | None:
+            return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+        return process
+
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 Id = BigInteger().with_variant(Integer, "sqlite")
@@ -291,6 +316,19 @@ runners = Table(
     CheckConstraint(_one_of("state", RunnerState), name="state"),
     CheckConstraint("capacity >= 1", name="capacity"),
 )
+# The few runners in quarantine, or draining (migration 0006).
+Index(
+    "ix_runners_quarantined",
+    runners.c.quarantined_until,
+    sqlite_where=text("quarantined_until IS NOT NULL"),
+    postgresql_where=text("quarantined_until IS NOT NULL"),
+)
+Index(
+    "ix_runners_draining",
+    runners.c.name,
+    sqlite_where=text("state = 'DRAINING'"),
+    postgresql_where=text("state = 'DRAINING'"),
+)
 
 replicas = Table(
     "replicas",
@@ -321,6 +359,29 @@ runner_sessions = Table(
 Index(
     "ix_runner_sessions_open",
     runner_sessions.c.replica_id,
+    sqlite_where=text("closed_at IS NULL"),
+    postgresql_where=text("closed_at IS NULL"),
+)
+# The sweep reads silence (by last heartbeat) and the end of the re-attach grace (by
+# detach time) off these, whatever the number of idle streams (migration 0006).
+_ATTACHED = "closed_at IS NULL AND detached_at IS NULL"
+Index(
+    "ix_runner_sessions_attached",
+    runner_sessions.c.replica_id,
+    runner_sessions.c.last_seen_at,
+    sqlite_where=text(_ATTACHED),
+    postgresql_where=text(_ATTACHED),
+)
+_DETACHED = "closed_at IS NULL AND detached_at IS NOT NULL"
+Index(
+    "ix_runner_sessions_detached",
+    runner_sessions.c.detached_at,
+    sqlite_where=text(_DETACHED),
+    postgresql_where=text(_DETACHED),
+)
+Index(
+    "ix_runner_sessions_open_by_runner",
+    runner_sessions.c.runner_name,
     sqlite_where=text("closed_at IS NULL"),
     postgresql_where=text("closed_at IS NULL"),
 )

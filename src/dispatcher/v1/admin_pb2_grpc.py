@@ -222,8 +222,10 @@ class AdminServicer:
         """SubmitJob accepts one job.
 
         Changes: inserts the job (QUEUED when runnable now, NOTICED when not due yet)
-        with a "submitted" event, and wakes runners that can take it. With an
-        idempotency key already used, changes nothing and returns the first job.
+        with a "submitted" event, and wakes runners that can take it; an idle runner
+        on the replica that took the call gets it in the same transaction (the job
+        answered is then BUILDING). With an idempotency key already used, changes
+        nothing and returns the first job.
         Status codes: INVALID_ARGUMENT (no platform, no command, bad label, bad
         enum value) with the field named.
         """

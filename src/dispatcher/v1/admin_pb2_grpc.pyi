@@ -44,8 +44,10 @@ class AdminStub:
     """SubmitJob accepts one job.
 
     Changes: inserts the job (QUEUED when runnable now, NOTICED when not due yet)
-    with a "submitted" event, and wakes runners that can take it. With an
-    idempotency key already used, changes nothing and returns the first job.
+    with a "submitted" event, and wakes runners that can take it; an idle runner
+    on the replica that took the call gets it in the same transaction (the job
+    answered is then BUILDING). With an idempotency key already used, changes
+    nothing and returns the first job.
     Status codes: INVALID_ARGUMENT (no platform, no command, bad label, bad
     enum value) with the field named.
     """
@@ -273,8 +275,10 @@ class AdminAsyncStub(AdminStub):
     """SubmitJob accepts one job.
 
     Changes: inserts the job (QUEUED when runnable now, NOTICED when not due yet)
-    with a "submitted" event, and wakes runners that can take it. With an
-    idempotency key already used, changes nothing and returns the first job.
+    with a "submitted" event, and wakes runners that can take it; an idle runner
+    on the replica that took the call gets it in the same transaction (the job
+    answered is then BUILDING). With an idempotency key already used, changes
+    nothing and returns the first job.
     Status codes: INVALID_ARGUMENT (no platform, no command, bad label, bad
     enum value) with the field named.
     """
@@ -505,8 +509,10 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         """SubmitJob accepts one job.
 
         Changes: inserts the job (QUEUED when runnable now, NOTICED when not due yet)
-        with a "submitted" event, and wakes runners that can take it. With an
-        idempotency key already used, changes nothing and returns the first job.
+        with a "submitted" event, and wakes runners that can take it; an idle runner
+        on the replica that took the call gets it in the same transaction (the job
+        answered is then BUILDING). With an idempotency key already used, changes
+        nothing and returns the first job.
         Status codes: INVALID_ARGUMENT (no platform, no command, bad label, bad
         enum value) with the field named.
         """

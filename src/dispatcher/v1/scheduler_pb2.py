@@ -26,7 +26,7 @@ from dispatcher.v1 import types_pb2 as dispatcher_dot_v1_dot_types__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64ispatcher/v1/scheduler.proto\x12\rdispatcher.v1\x1a\x19\x64ispatcher/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xfb\x02\n\x0e\x43onnectRequest\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.dispatcher.v1.HelloH\x00\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.dispatcher.v1.HeartbeatH\x00\x12\'\n\x06\x61\x63\x63\x65pt\x18\x03 \x01(\x0b\x32\x15.dispatcher.v1.AcceptH\x00\x12\'\n\x06refuse\x18\x04 \x01(\x0b\x32\x15.dispatcher.v1.RefuseH\x00\x12\x32\n\x0c\x63ommit_point\x18\x05 \x01(\x0b\x32\x1a.dispatcher.v1.CommitPointH\x00\x12.\n\ncancel_ack\x18\x06 \x01(\x0b\x32\x18.dispatcher.v1.CancelAckH\x00\x12\'\n\x06result\x18\x07 \x01(\x0b\x32\x15.dispatcher.v1.ResultH\x00\x12)\n\x07goodbye\x18\x08 \x01(\x0b\x32\x16.dispatcher.v1.GoodbyeH\x00\x42\t\n\x07message\"\xf0\x01\n\x0f\x43onnectResponse\x12)\n\x07welcome\x18\x01 \x01(\x0b\x32\x16.dispatcher.v1.WelcomeH\x00\x12\'\n\x06\x61ssign\x18\x02 \x01(\x0b\x32\x15.dispatcher.v1.AssignH\x00\x12\'\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x15.dispatcher.v1.CancelH\x00\x12%\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x14.dispatcher.v1.DrainH\x00\x12.\n\nresult_ack\x18\x05 \x01(\x0b\x32\x18.dispatcher.v1.ResultAckH\x00\x42\t\n\x07message\"p\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x14\n\x0cresume_token\x18\x06 \x01(\t\"\xb4\x01\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\x03\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rexecution_ids\x18\x04 \x03(\x03\x12\x31\n\x0ereattach_grace\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"?\n\x06\x41ssign\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.dispatcher.v1.Job\"\x1e\n\x06\x41\x63\x63\x65pt\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\".\n\x06Refuse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\tHeartbeat\x12\x34\n\nexecutions\x18\x01 \x03(\x0b\x32 .dispatcher.v1.ExecutionProgress\"T\n\x11\x45xecutionProgress\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\x0f\n\x07logtail\x18\x02 \x01(\t\x12\x18\n\x10progress_percent\x18\x03 \x01(\x05\"#\n\x0b\x43ommitPoint\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\"!\n\tCancelAck\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\"t\n\x06Result\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.dispatcher.v1.Outcome\x12\x0c\n\x04info\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0f\n\x07logtail\x18\x05 \x01(\t\"B\n\tResultAck\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\".\n\x06\x43\x61ncel\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t2Y\n\tScheduler\x12L\n\x07\x43onnect\x12\x1d.dispatcher.v1.ConnectRequest\x1a\x1e.dispatcher.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64ispatcher/v1/scheduler.proto\x12\rdispatcher.v1\x1a\x19\x64ispatcher/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xfb\x02\n\x0e\x43onnectRequest\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.dispatcher.v1.HelloH\x00\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.dispatcher.v1.HeartbeatH\x00\x12\'\n\x06\x61\x63\x63\x65pt\x18\x03 \x01(\x0b\x32\x15.dispatcher.v1.AcceptH\x00\x12\'\n\x06refuse\x18\x04 \x01(\x0b\x32\x15.dispatcher.v1.RefuseH\x00\x12\x32\n\x0c\x63ommit_point\x18\x05 \x01(\x0b\x32\x1a.dispatcher.v1.CommitPointH\x00\x12.\n\ncancel_ack\x18\x06 \x01(\x0b\x32\x18.dispatcher.v1.CancelAckH\x00\x12\'\n\x06result\x18\x07 \x01(\x0b\x32\x15.dispatcher.v1.ResultH\x00\x12)\n\x07goodbye\x18\x08 \x01(\x0b\x32\x16.dispatcher.v1.GoodbyeH\x00\x42\t\n\x07message\"\xf0\x01\n\x0f\x43onnectResponse\x12)\n\x07welcome\x18\x01 \x01(\x0b\x32\x16.dispatcher.v1.WelcomeH\x00\x12\'\n\x06\x61ssign\x18\x02 \x01(\x0b\x32\x15.dispatcher.v1.AssignH\x00\x12\'\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x15.dispatcher.v1.CancelH\x00\x12%\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x14.dispatcher.v1.DrainH\x00\x12.\n\nresult_ack\x18\x05 \x01(\x0b\x32\x18.dispatcher.v1.ResultAckH\x00\x42\t\n\x07message\"p\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x14\n\x0cresume_token\x18\x06 \x01(\t\"\xf0\x01\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\x03\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rexecution_ids\x18\x04 \x03(\x03\x12\x31\n\x0ereattach_grace\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x17idle_heartbeat_interval\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"?\n\x06\x41ssign\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.dispatcher.v1.Job\"\x1e\n\x06\x41\x63\x63\x65pt\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\".\n\x06Refuse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\tHeartbeat\x12\x34\n\nexecutions\x18\x01 \x03(\x0b\x32 .dispatcher.v1.ExecutionProgress\"T\n\x11\x45xecutionProgress\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\x0f\n\x07logtail\x18\x02 \x01(\t\x12\x18\n\x10progress_percent\x18\x03 \x01(\x05\"#\n\x0b\x43ommitPoint\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\"!\n\tCancelAck\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\"t\n\x06Result\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.dispatcher.v1.Outcome\x12\x0c\n\x04info\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0f\n\x07logtail\x18\x05 \x01(\t\"B\n\tResultAck\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\".\n\x06\x43\x61ncel\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t2Y\n\tScheduler\x12L\n\x07\x43onnect\x12\x1d.dispatcher.v1.ConnectRequest\x1a\x1e.dispatcher.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,31 +40,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_start=732
   _globals['_HELLO']._serialized_end=844
   _globals['_WELCOME']._serialized_start=847
-  _globals['_WELCOME']._serialized_end=1027
-  _globals['_ASSIGN']._serialized_start=1029
-  _globals['_ASSIGN']._serialized_end=1092
-  _globals['_ACCEPT']._serialized_start=1094
-  _globals['_ACCEPT']._serialized_end=1124
-  _globals['_REFUSE']._serialized_start=1126
-  _globals['_REFUSE']._serialized_end=1172
-  _globals['_HEARTBEAT']._serialized_start=1174
-  _globals['_HEARTBEAT']._serialized_end=1239
-  _globals['_EXECUTIONPROGRESS']._serialized_start=1241
-  _globals['_EXECUTIONPROGRESS']._serialized_end=1325
-  _globals['_COMMITPOINT']._serialized_start=1327
-  _globals['_COMMITPOINT']._serialized_end=1362
-  _globals['_CANCELACK']._serialized_start=1364
-  _globals['_CANCELACK']._serialized_end=1397
-  _globals['_RESULT']._serialized_start=1399
-  _globals['_RESULT']._serialized_end=1515
-  _globals['_RESULTACK']._serialized_start=1517
-  _globals['_RESULTACK']._serialized_end=1583
-  _globals['_GOODBYE']._serialized_start=1585
-  _globals['_GOODBYE']._serialized_end=1610
-  _globals['_CANCEL']._serialized_start=1612
-  _globals['_CANCEL']._serialized_end=1658
-  _globals['_DRAIN']._serialized_start=1660
-  _globals['_DRAIN']._serialized_end=1683
-  _globals['_SCHEDULER']._serialized_start=1685
-  _globals['_SCHEDULER']._serialized_end=1774
+  _globals['_WELCOME']._serialized_end=1087
+  _globals['_ASSIGN']._serialized_start=1089
+  _globals['_ASSIGN']._serialized_end=1152
+  _globals['_ACCEPT']._serialized_start=1154
+  _globals['_ACCEPT']._serialized_end=1184
+  _globals['_REFUSE']._serialized_start=1186
+  _globals['_REFUSE']._serialized_end=1232
+  _globals['_HEARTBEAT']._serialized_start=1234
+  _globals['_HEARTBEAT']._serialized_end=1299
+  _globals['_EXECUTIONPROGRESS']._serialized_start=1301
+  _globals['_EXECUTIONPROGRESS']._serialized_end=1385
+  _globals['_COMMITPOINT']._serialized_start=1387
+  _globals['_COMMITPOINT']._serialized_end=1422
+  _globals['_CANCELACK']._serialized_start=1424
+  _globals['_CANCELACK']._serialized_end=1457
+  _globals['_RESULT']._serialized_start=1459
+  _globals['_RESULT']._serialized_end=1575
+  _globals['_RESULTACK']._serialized_start=1577
+  _globals['_RESULTACK']._serialized_end=1643
+  _globals['_GOODBYE']._serialized_start=1645
+  _globals['_GOODBYE']._serialized_end=1670
+  _globals['_CANCEL']._serialized_start=1672
+  _globals['_CANCEL']._serialized_end=1718
+  _globals['_DRAIN']._serialized_start=1720
+  _globals['_DRAIN']._serialized_end=1743
+  _globals['_SCHEDULER']._serialized_start=1745
+  _globals['_SCHEDULER']._serialized_end=1834
 # @@protoc_insertion_point(module_scope)

@@ -161,12 +161,13 @@ class Welcome(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     EXECUTION_IDS_FIELD_NUMBER: _builtins.int
     REATTACH_GRACE_FIELD_NUMBER: _builtins.int
+    IDLE_HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     session_id: _builtins.int
     resume_token: _builtins.str
     """Send it in the next Hello after a disconnect to keep this session's executions."""
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
-        """Send a Heartbeat at least this often, holding executions or not: a session
+        """Send a Heartbeat at least this often while holding executions: a session
         silent for longer than the server's heartbeat timeout is closed and its jobs
         follow their on-lost policy.
         """
@@ -185,6 +186,14 @@ class Welcome(_message.Message):
         dispatcher has requeued them (or marked them irrecoverable) by then.
         """
 
+    @_builtins.property
+    def idle_heartbeat_interval(self) -> _duration_pb2.Duration:
+        """While it holds no executions, a runner may send Heartbeats this seldom instead
+        of every heartbeat_interval: an idle session is closed only after a longer
+        silence, and HTTP/2 keepalive pings find a dead peer meanwhile. Unset: use
+        heartbeat_interval always.
+        """
+
     def __init__(
         self,
         *,
@@ -193,10 +202,11 @@ class Welcome(_message.Message):
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         execution_ids: _abc.Iterable[_builtins.int] | None = ...,
         reattach_grace: _duration_pb2.Duration | None = ...,
+        idle_heartbeat_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "reattach_grace", b"reattach_grace"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "idle_heartbeat_interval", b"idle_heartbeat_interval", "reattach_grace", b"reattach_grace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_ids", b"execution_ids", "heartbeat_interval", b"heartbeat_interval", "reattach_grace", b"reattach_grace", "resume_token", b"resume_token", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_ids", b"execution_ids", "heartbeat_interval", b"heartbeat_interval", "idle_heartbeat_interval", b"idle_heartbeat_interval", "reattach_grace", b"reattach_grace", "resume_token", b"resume_token", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
