@@ -2,14 +2,17 @@
 verify a presented secret.
 
 Verified tokens are remembered for ``cache_seconds`` so that a busy runner does not
-cost a database read per call. Deleting a token forgets it here at once and tells the
-``on_deleted`` listeners (the API layer cuts the token's open streams); other replicas
-stop accepting it when their memory of it expires, and re-check open streams on their
-own (see ``existing``).
+cost a database read per call. A token in use is read again in the background once
+half of that time has passed, so that no call waits for the read. Deleting a token
+forgets it here at once and tells the ``on_deleted`` listeners (the API layer cuts the
+token's open streams); other replicas stop accepting it at most ``cache_seconds`` after
+their last read of it, and re-check open streams on their own (see ``existing``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +24,8 @@ from dispatcher.domain.errors import InvalidInput, NotFound, Unauthenticated
 from dispatcher.domain.tokens import Role, Token
 from dispatcher.lifecycle.context import Context
 from dispatcher.store import tokens as store
+
+log = logging.getLogger(__name__)
 
 
 def _anyone(token: Token) -> None:
@@ -39,6 +44,7 @@ class _Remembered:
     token: Token
     secret_hash: str
     until: float
+    refreshing: bool = False
 
 
 @dataclass
@@ -49,6 +55,7 @@ class Tokens:
     # Called with a token's id once it is deleted through this replica.
     on_deleted: list[Callable[[int], None]] = field(default_factory=list)
     _cache: dict[int, _Remembered] = field(default_factory=dict)
+    _refreshes: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def create(self, name: str, role: Role) -> CreatedToken:
         rules.check_name(name)
@@ -83,11 +90,17 @@ class Tokens:
         refused call writes nothing."""
         token_id, random_part = rules.parse(secret)
         remembered = self._cache.get(token_id)
-        if remembered is not None and remembered.until > self.monotonic():
-            if rules.matches(random_part, remembered.secret_hash):
-                may(remembered.token)
-                return remembered.token
-            raise _unknown()
+        now = self.monotonic()
+        if remembered is not None and remembered.until > now:
+            if not rules.matches(random_part, remembered.secret_hash):
+                raise _unknown()
+            may(remembered.token)
+            if not remembered.refreshing and remembered.until - now < self.cache_seconds / 2:
+                remembered.refreshing = True
+                task = asyncio.create_task(self._refresh(token_id, random_part))
+                self._refreshes.add(task)
+                task.add_done_callback(self._refreshes.discard)
+            return remembered.token
 
         def check(conn: Connection) -> tuple[Token, str] | None:
             found = store.token_with_hash(conn, token_id)
@@ -102,10 +115,45 @@ class Tokens:
             self._cache.pop(token_id, None)
             raise _unknown()
         token, secret_hash = found
+        self._remember(token, secret_hash)
+        return token
+
+    def _remember(self, token: Token, secret_hash: str) -> None:
         if self.cache_seconds > 0:
             until = self.monotonic() + self.cache_seconds
-            self._cache[token_id] = _Remembered(token, secret_hash, until)
-        return token
+            self._cache[token.id] = _Remembered(token, secret_hash, until)
+
+    async def _refresh(self, token_id: int, random_part: str) -> None:
+        """Read a remembered token again: remembered anew while it exists (and its use
+        recorded), forgotten at once when it is gone. A deleted token is thus trusted
+        at most ``cache_seconds`` after the last read that found it."""
+        asked_at = self.monotonic()
+        before = self._cache.get(token_id)
+
+        def check(conn: Connection) -> tuple[Token, str] | None:
+            found = store.token_with_hash(conn, token_id)
+            if found is None or not rules.matches(random_part, found[1]):
+                return None
+            store.mark_used(conn, token_id, self.ctx.clock.now())
+            return found
+
+        try:
+            found = await self.ctx.db.run(check)
+        except Exception:
+            # The database is unavailable: the entry expires as it would have, and the
+            # next call after that reads (and reports) for itself.
+            log.warning("token %d could not be read again; it expires as remembered", token_id)
+            if before is not None:
+                before.refreshing = False
+            return
+        if self._cache.get(token_id) is not before:
+            return  # forgotten meanwhile (deleted here): what was read is older
+        if found is None:
+            self._cache.pop(token_id, None)
+            return
+        token, secret_hash = found
+        if self.cache_seconds > 0:
+            self._cache[token_id] = _Remembered(token, secret_hash, asked_at + self.cache_seconds)
 
     async def existing(self, token_ids: Iterable[int]) -> set[int]:
         """Which of these tokens still exist (read from the database, not remembered)."""
