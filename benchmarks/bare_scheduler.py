@@ -18,6 +18,8 @@ from google.protobuf.duration_pb2 import Duration
 from dispatcher.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 HEARTBEAT_SECONDS = 10
+# As the dispatcher's default: the floor of the same idle workload.
+IDLE_HEARTBEAT_SECONDS = 600
 
 
 class BareScheduler(scheduler_pb2_grpc.SchedulerServicer):
@@ -35,7 +37,9 @@ class BareScheduler(scheduler_pb2_grpc.SchedulerServicer):
         self.sessions += 1
         yield scheduler_pb2.ConnectResponse(
             welcome=scheduler_pb2.Welcome(
-                session_id=self.sessions, heartbeat_interval=Duration(seconds=HEARTBEAT_SECONDS)
+                session_id=self.sessions,
+                heartbeat_interval=Duration(seconds=HEARTBEAT_SECONDS),
+                idle_heartbeat_interval=Duration(seconds=IDLE_HEARTBEAT_SECONDS),
             )
         )
         async for _ in request_iterator:

@@ -256,10 +256,14 @@ class RunnerPool:
 
 
 async def _heartbeats(call: Any, writing: asyncio.Lock, interval: float) -> None:
+    # The first one at a random point of the interval: the phases of runners that
+    # connected at different times, so that a window shorter than the interval still
+    # sees the steady rate (streams / interval), not none at all.
+    await asyncio.sleep(random.uniform(0, interval))
     while True:
-        await asyncio.sleep(interval)
         async with writing:
             await call.write(scheduler_pb2.ConnectRequest(heartbeat=scheduler_pb2.Heartbeat()))
+        await asyncio.sleep(interval)
 
 
 async def _goodbye(call: Any) -> None:

@@ -180,14 +180,14 @@ class Settings(BaseSettings):
         "follow their on-lost policy.",
     )
     idle_heartbeat_interval_seconds: float = Field(
-        60.0,
+        600.0,
         ge=0,
         description="How often a runner holding no executions sends heartbeats (told to "
         "it in Welcome; 0: as heartbeat_interval_seconds). Keepalive pings find dead "
         "peers meanwhile; fewer messages keep many idle runners cheap.",
     )
     idle_heartbeat_timeout_seconds: float = Field(
-        180.0,
+        1800.0,
         gt=0,
         description="A runner session holding no executions is dead after this long "
         "without a message (never less than heartbeat_timeout_seconds).",

@@ -170,6 +170,40 @@ async def test_a_freed_slot_claims_only_when_a_job_may_wait(
     b.call.cancel()
 
 
+async def test_runners_of_a_dry_kind_claim_nothing_and_a_new_kind_claims_at_once(
+    server: Server, channel: grpc.aio.Channel
+) -> None:
+    """Streams of a kind whose queue is dry connect without a claim each; a runner of
+    another kind claims the job waiting for it as soon as it connects (the hub counts
+    the kinds it holds, so that it skips the claim when every kind is dry)."""
+    server.hub.timing = replace(server.hub.timing, assign_sweep=timedelta(seconds=60))
+    server.hub.wake()
+    claims: list[str] = []
+
+    def count_claims(*args: Any) -> None:
+        if "FROM runner_sessions JOIN runners" in args[2]:
+            claims.append(args[2])
+
+    event.listen(server.db.engine, "before_cursor_execute", count_claims)
+    try:
+        first, _ = await connect_runner(channel, "a0", labels=("a",))
+        await eventually(lambda: len(claims) == 1)  # found the queue dry for "a"
+        others = [(await connect_runner(channel, f"a{i}", labels=("a",)))[0] for i in (1, 2, 3)]
+        await asyncio.sleep(0.3)
+        assert len(claims) == 1
+        stub = admin(channel)
+        waiting = (
+            await stub.SubmitJob(admin_pb2.SubmitJobRequest(spec=job_spec(labels=["c"])))
+        ).job.id
+        await eventually(lambda: free_slots(server) == 4)  # the claims it woke are over
+        c, _ = await connect_runner(channel, "c", labels=("c",))
+        assert (await c.next()).assign.job.id == waiting
+    finally:
+        event.remove(server.db.engine, "before_cursor_execute", count_claims)
+    for runner in (first, *others, c):
+        runner.call.cancel()
+
+
 async def test_a_job_runs_on_a_runner_stream(channel: grpc.aio.Channel) -> None:
     runner, welcome = await connect_runner(channel, "r1")
     assert welcome.session_id > 0

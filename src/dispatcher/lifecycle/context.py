@@ -24,7 +24,7 @@ class Deadlines:
     # A session without a heartbeat for this long is dead.
     heartbeat_timeout: timedelta = timedelta(seconds=30)
     # A session holding no executions is dead after this long without a message.
-    idle_heartbeat_timeout: timedelta = timedelta(seconds=180)
+    idle_heartbeat_timeout: timedelta = timedelta(seconds=1800)
     # A runner whose stream broke may re-attach to its executions for this long.
     reattach_grace: timedelta = timedelta(seconds=10)
     # An assignment the runner has not accepted by then is taken back.

@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -101,7 +102,7 @@ class LiveSession:
 class HubTiming:
     heartbeat_interval: timedelta = timedelta(seconds=10)
     # Told to runners in Welcome: how often to send heartbeats while holding nothing.
-    idle_heartbeat_interval: timedelta = timedelta(seconds=60)
+    idle_heartbeat_interval: timedelta = timedelta(seconds=600)
     lease_renewal: timedelta = timedelta(seconds=5)
     sweep: timedelta = timedelta(seconds=1)
     due_sweep: timedelta = timedelta(seconds=1)
@@ -137,6 +138,9 @@ class Hub:
         self._schedules = schedules
         self.timing = timing
         self._live: dict[int, LiveSession] = {}
+        # How many streams of each kind of runner are held: a claim when every kind is
+        # dry costs nothing, not a walk over ten thousand idle streams.
+        self._kinds: Counter[Kind] = Counter()
         self._wakeup = asyncio.Event()
         self._due_wakeup = asyncio.Event()
         self._released = asyncio.Event()
@@ -245,7 +249,7 @@ class Hub:
         opened = await self._sessions.open(hello)
         gone = [*opened.replaced, *([opened.resumed_from] if opened.resumed_from else [])]
         for old_id in gone:
-            old = self._live.pop(old_id, None)
+            old = self._forget(old_id)
             if old is not None:
                 old.end()
         session = LiveSession(
@@ -256,6 +260,7 @@ class Hub:
             draining=opened.draining,
         )
         self._live[session.id] = session
+        self._kinds[(hello.platform, hello.labels)] += 1
         log.info(
             "runner %s connected (session %d, capacity %d, re-attached %d)",
             hello.name,
@@ -267,11 +272,20 @@ class Hub:
         self._capacity_freed()
         return session
 
+    def _forget(self, session_id: int) -> LiveSession | None:
+        session = self._live.pop(session_id, None)
+        if session is not None:
+            kind = (session.hello.platform, session.hello.labels)
+            self._kinds[kind] -= 1
+            if self._kinds[kind] <= 0:
+                del self._kinds[kind]
+        return session
+
     async def close(self, session: LiveSession, reason: str, *, goodbye: bool) -> None:
         """The stream ended. After a goodbye the session closes and its jobs move on at
         once; otherwise it is detached and its runner may re-attach within the grace."""
         session.end()
-        if self._live.pop(session.id, None) is None:
+        if self._forget(session.id) is None:
             return
         if goodbye:
             moved = await self._sessions.close(session.id, reason)
@@ -318,7 +332,7 @@ class Hub:
         handlers neither detach nor close them again. Returns how many ended."""
         ended = 0
         for session_id in session_ids:
-            session = self._live.pop(session_id, None)
+            session = self._forget(session_id)
             if session is not None:
                 log.info(
                     "runner %s (session %d): its session was closed; ending its stream",
@@ -376,7 +390,7 @@ class Hub:
         heard, self._heard = self._heard, set()
         report = await self._sessions.sweep(judge_silence=not stood_still, heard=heard)
         for session_id in report.closed_sessions:
-            session = self._live.pop(session_id, None)
+            session = self._forget(session_id)
             if session is not None:
                 log.warning(
                     "runner %s (session %d) missed its heartbeat deadline; closed",
@@ -507,6 +521,8 @@ class Hub:
         more slots than there are jobs: a submit of one job claims for one slot, not for
         every idle runner. Sessions of a kind in ``skip`` are left out."""
         if not self._accepting or self._holding or not self._live:
+            return []
+        if skip and all(kind in skip for kind in self._kinds):
             return []
         sessions = list(self._live.values())
         # From a random place, round the ring: no runner always gets the head of the
