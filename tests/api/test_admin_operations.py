@@ -269,7 +269,7 @@ async def test_evict_ends_the_stream_and_the_jobs_follow_their_policy(
         doomed.id: types_pb2.JOB_STATE_IRRECOVERABLE,
     }
     job = (await stub.GetJob(admin_pb2.GetJobRequest(id=requeue.id))).job
-    assert job.events[-1].cause == "runner r1 lost: evicted by admin: wedged"
+    assert job.events[-1].cause == "runner r1 lost: evicted by test-admin: wedged"
     assert await runner.call.read() is grpc.aio.EOF  # the stream ended
     listed = await stub.ListRunners(admin_pb2.ListRunnersRequest())
     assert [(r.name, r.state) for r in listed.runners] == [("r1", types_pb2.RUNNER_STATE_OFFLINE)]

@@ -280,7 +280,7 @@ def test_jobs_show(cli: Invoke, queue: str) -> None:
     assert re.search(r"^\s+state\s+QUEUED$", human.stdout, re.MULTILINE)
     assert re.search(r"^\s+labels\s+big$", human.stdout, re.MULTILINE)
     assert "events:" in human.stdout
-    assert re.search(r"submitted\s+-→QUEUED\s+admin", human.stdout)
+    assert re.search(r"submitted\s+-→QUEUED\s+test-admin-\w+", human.stdout)
     assert shown["id"] == job["id"]
     assert [e["kind"] for e in shown["events"]] == ["submitted"]
     assert shown["executions"] == []

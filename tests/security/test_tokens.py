@@ -155,3 +155,25 @@ async def test_streams_per_token_are_limited(database_url: str) -> None:
                 await connect_runner(channel, "c")
         assert third.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "limits.max_streams_per_token" in (third.value.details() or "")
+
+
+async def test_events_name_the_token_that_acted(database_url: str) -> None:
+    async with running_server(database_url) as server, open_channel(server) as channel:
+        admin = admin_pb2_grpc.AdminStub(channel)
+        secret = await create(admin, "release-bot", admin_pb2.TOKEN_ROLE_ADMIN)
+        spec = types_pb2.JobSpec(platform="linux/amd64", command=["true"])
+        async with authenticated_channel(f"127.0.0.1:{server.port}", secret=secret) as as_bot:
+            bot = admin_pb2_grpc.AdminStub(as_bot)
+            job = (await bot.SubmitJob(admin_pb2.SubmitJobRequest(spec=spec))).job
+            await bot.CancelJob(admin_pb2.CancelJobRequest(id=job.id, reason="superseded"))
+        # Another token's call on the same server keeps its own name.
+        other = (await admin.SubmitJob(admin_pb2.SubmitJobRequest(spec=spec))).job
+        history = await admin.GetJobHistory(admin_pb2.GetJobHistoryRequest(id=job.id))
+        assert [(e.kind, e.actor) for e in history.events] == [
+            ("submitted", "release-bot"),
+            ("cancelled", "release-bot"),
+        ]
+        [submitted] = (
+            await admin.GetJobHistory(admin_pb2.GetJobHistoryRequest(id=other.id))
+        ).events
+        assert submitted.actor != "release-bot"

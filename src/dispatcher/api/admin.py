@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from dispatcher import __version__
 from dispatcher.api import convert
 from dispatcher.api.admin_operations import AdminOperations, OperationsMixin
+from dispatcher.api.auth import caller_name
 from dispatcher.domain.clock import Clock
 from dispatcher.domain.errors import InvalidInput
 from dispatcher.lifecycle.backoffs import Backoffs
@@ -29,7 +30,6 @@ from dispatcher.v1 import admin_pb2, admin_pb2_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 # Until tokens exist (SPEC §11), every admin call is made by "admin".
-ACTOR = "admin"
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class AdminServicer(OperationsMixin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.SubmitJobRequest, context: Context
     ) -> admin_pb2.SubmitJobResponse:
         [(job, created)] = await self._jobs.submit(
-            [convert.spec_from_proto(request.spec)], actor=ACTOR
+            [convert.spec_from_proto(request.spec)], actor=caller_name()
         )
         return admin_pb2.SubmitJobResponse(job=convert.job_to_proto(job), created=created)
 
@@ -82,7 +82,7 @@ class AdminServicer(OperationsMixin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.SubmitJobsRequest, context: Context
     ) -> admin_pb2.SubmitJobsResponse:
         specs = [convert.spec_from_proto(s) for s in request.specs]
-        results = await self._jobs.submit(specs, actor=ACTOR)
+        results = await self._jobs.submit(specs, actor=caller_name())
         return admin_pb2.SubmitJobsResponse(
             results=[
                 admin_pb2.SubmitJobResponse(job=convert.job_to_proto(job), created=created)
@@ -112,7 +112,7 @@ class AdminServicer(OperationsMixin, admin_pb2_grpc.AdminServicer):
     async def CancelJob(
         self, request: admin_pb2.CancelJobRequest, context: Context
     ) -> admin_pb2.CancelJobResponse:
-        job, order = await self._jobs.cancel(request.id, actor=ACTOR, reason=request.reason)
+        job, order = await self._jobs.cancel(request.id, actor=caller_name(), reason=request.reason)
         if order is not None:
             self._hub.cancel(order)
         return admin_pb2.CancelJobResponse(job=convert.job_to_proto(job))
@@ -178,7 +178,7 @@ class AdminServicer(OperationsMixin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.AddFlavorRequest, context: Context
     ) -> admin_pb2.AddFlavorResponse:
         flavor = await self._rules.flavors.add(
-            convert.flavor_from_proto(request.flavor), actor=ACTOR
+            convert.flavor_from_proto(request.flavor), actor=caller_name()
         )
         return admin_pb2.AddFlavorResponse(flavor=convert.flavor_to_proto(flavor))
 
@@ -191,19 +191,19 @@ class AdminServicer(OperationsMixin, admin_pb2_grpc.AdminServicer):
     async def EnableFlavor(
         self, request: admin_pb2.EnableFlavorRequest, context: Context
     ) -> admin_pb2.EnableFlavorResponse:
-        flavor = await self._rules.flavors.set_enabled(request.name, True, actor=ACTOR)
+        flavor = await self._rules.flavors.set_enabled(request.name, True, actor=caller_name())
         return admin_pb2.EnableFlavorResponse(flavor=convert.flavor_to_proto(flavor))
 
     async def DisableFlavor(
         self, request: admin_pb2.DisableFlavorRequest, context: Context
     ) -> admin_pb2.DisableFlavorResponse:
-        flavor = await self._rules.flavors.set_enabled(request.name, False, actor=ACTOR)
+        flavor = await self._rules.flavors.set_enabled(request.name, False, actor=caller_name())
         return admin_pb2.DisableFlavorResponse(flavor=convert.flavor_to_proto(flavor))
 
     async def DeleteFlavor(
         self, request: admin_pb2.DeleteFlavorRequest, context: Context
     ) -> admin_pb2.DeleteFlavorResponse:
-        await self._rules.flavors.delete(request.name, actor=ACTOR)
+        await self._rules.flavors.delete(request.name, actor=caller_name())
         return admin_pb2.DeleteFlavorResponse()
 
     async def GetPressures(
@@ -228,7 +228,7 @@ class AdminServicer(OperationsMixin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.CreateScheduleRequest, context: Context
     ) -> admin_pb2.CreateScheduleResponse:
         schedule = await self._rules.schedules.create(
-            convert.schedule_from_proto(request), actor=ACTOR
+            convert.schedule_from_proto(request), actor=caller_name()
         )
         return admin_pb2.CreateScheduleResponse(schedule=convert.schedule_to_proto(schedule))
 
@@ -243,19 +243,19 @@ class AdminServicer(OperationsMixin, admin_pb2_grpc.AdminServicer):
     async def PauseSchedule(
         self, request: admin_pb2.PauseScheduleRequest, context: Context
     ) -> admin_pb2.PauseScheduleResponse:
-        schedule = await self._rules.schedules.pause(request.name, actor=ACTOR)
+        schedule = await self._rules.schedules.pause(request.name, actor=caller_name())
         return admin_pb2.PauseScheduleResponse(schedule=convert.schedule_to_proto(schedule))
 
     async def ResumeSchedule(
         self, request: admin_pb2.ResumeScheduleRequest, context: Context
     ) -> admin_pb2.ResumeScheduleResponse:
-        schedule = await self._rules.schedules.resume(request.name, actor=ACTOR)
+        schedule = await self._rules.schedules.resume(request.name, actor=caller_name())
         return admin_pb2.ResumeScheduleResponse(schedule=convert.schedule_to_proto(schedule))
 
     async def RunScheduleNow(
         self, request: admin_pb2.RunScheduleNowRequest, context: Context
     ) -> admin_pb2.RunScheduleNowResponse:
-        schedule = await self._rules.schedules.run_now(request.name, actor=ACTOR)
+        schedule = await self._rules.schedules.run_now(request.name, actor=caller_name())
         return admin_pb2.RunScheduleNowResponse(schedule=convert.schedule_to_proto(schedule))
 
     # --- back-offs ---------------------------------------------------------------

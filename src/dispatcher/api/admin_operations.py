@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from dispatcher.api import convert
+from dispatcher.api.auth import caller_name
 from dispatcher.lifecycle.fleet import Fleet
 from dispatcher.lifecycle.job_actions import JobActions
 from dispatcher.lifecycle.watch import JobWatch, WatchFilter
@@ -19,7 +20,6 @@ from dispatcher.v1 import admin_pb2
 Context = grpc.aio.ServicerContext[Any, Any]
 
 # Every admin call is made by "admin" (tokens carry a role, not a person).
-ACTOR = "admin"
 
 
 @dataclass(frozen=True)
@@ -57,26 +57,28 @@ class OperationsMixin:
         self, request: admin_pb2.RetryJobRequest, context: Context
     ) -> admin_pb2.RetryJobResponse:
         job, original = await self._ops.actions.retry(
-            request.id, actor=ACTOR, reason=request.reason
+            request.id, actor=caller_name(), reason=request.reason
         )
         return admin_pb2.RetryJobResponse(job=convert.job_to_proto(job), retry_of=original)
 
     async def RunJobNow(
         self, request: admin_pb2.RunJobNowRequest, context: Context
     ) -> admin_pb2.RunJobNowResponse:
-        job = await self._ops.actions.run_now(request.id, actor=ACTOR)
+        job = await self._ops.actions.run_now(request.id, actor=caller_name())
         return admin_pb2.RunJobNowResponse(job=convert.job_to_proto(job))
 
     async def DeleteJob(
         self, request: admin_pb2.DeleteJobRequest, context: Context
     ) -> admin_pb2.DeleteJobResponse:
-        job = await self._ops.actions.delete(request.id, actor=ACTOR, reason=request.reason)
+        job = await self._ops.actions.delete(request.id, actor=caller_name(), reason=request.reason)
         return admin_pb2.DeleteJobResponse(job=convert.job_to_proto(job))
 
     async def EvictRunner(
         self, request: admin_pb2.EvictRunnerRequest, context: Context
     ) -> admin_pb2.EvictRunnerResponse:
-        eviction = await self._ops.fleet.evict(request.name, actor=ACTOR, reason=request.reason)
+        eviction = await self._ops.fleet.evict(
+            request.name, actor=caller_name(), reason=request.reason
+        )
         # The sessions are closed; their streams end now here, and on other replicas
         # when the notification arrives.
         self._hub.end_sessions(eviction.session_ids)

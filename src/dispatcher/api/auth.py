@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -27,6 +28,17 @@ from dispatcher.domain.errors import LimitExceeded, PermissionDenied, Unauthenti
 from dispatcher.domain.tokens import Role, Token
 from dispatcher.lifecycle.tokens import Tokens
 from dispatcher.v1 import admin_pb2, distributor_pb2, scheduler_pb2
+
+# The token of the call being served (each call runs in its own task, with its own
+# context): the audit trail names who acted.
+_caller: ContextVar[Token | None] = ContextVar("dispatcher_caller", default=None)
+
+
+def caller_name() -> str:
+    """The name of the token the current call presented, for the events it writes."""
+    token = _caller.get()
+    return token.name if token is not None else "admin"
+
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +222,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _unary(self, behavior: Handler, method: str) -> Handler:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await self._authorise(method, context)
+            _caller.set(await self._authorise(method, context))
             return await behavior(request, context)
 
         return wrapper
@@ -222,6 +234,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             token = await self._authorise(method, context)
+            _caller.set(token)
             with streams.hold(token):
                 task = asyncio.current_task()
                 try:
