@@ -81,8 +81,8 @@ def test_jobs_watch_prints_changes_and_resumes_from_a_cursor(
     try:
         line = _line(resumed)  # only the change after the cursor: the cancel
         assert re.fullmatch(
-            rf"{ended['cursor']}  \S+ \S+  job {job['id']} cancelled QUEUED→CANCELLED test-admin-\w+: "
-            r"no longer needed\n",
+            rf"{ended['cursor']}  \S+ \S+  job {job['id']} cancelled QUEUED→CANCELLED "
+            r"test-admin-\w+: no longer needed\n",
             line,
         ), line
     finally:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -125,13 +126,10 @@ async def finish(runner: RawRunner, assign: scheduler_pb2.Assign) -> None:
         pass
 
 
-async def test_a_freed_slot_claims_only_when_a_job_may_wait(
-    server: Server, channel: grpc.aio.Channel
-) -> None:
-    """A runner whose last claim found the queue dry claims nothing when its slot frees
-    up (an idle farm pays no claim per finished build), yet a job that becomes claimable
-    while it is dry (here: its coalesce key freed) reaches it at once, not at the
-    backstop's next look (made a minute long here)."""
+@contextlib.contextmanager
+def claims_without_backstop(server: Server) -> Iterator[list[str]]:
+    """The claim transactions the server starts meanwhile (each begins by locking its
+    sessions), with the assigner's backstop made a minute long: only wake-ups claim."""
     server.hub.timing = replace(server.hub.timing, assign_sweep=timedelta(seconds=60))
     server.hub.wake()  # the assigner's next wait takes the new timing
     claims: list[str] = []
@@ -142,6 +140,19 @@ async def test_a_freed_slot_claims_only_when_a_job_may_wait(
 
     event.listen(server.db.engine, "before_cursor_execute", count_claims)
     try:
+        yield claims
+    finally:
+        event.remove(server.db.engine, "before_cursor_execute", count_claims)
+
+
+async def test_a_freed_slot_claims_only_when_a_job_may_wait(
+    server: Server, channel: grpc.aio.Channel
+) -> None:
+    """A runner whose last claim found the queue dry claims nothing when its slot frees
+    up (an idle farm pays no claim per finished build), yet a job that becomes claimable
+    while it is dry (here: its coalesce key freed) reaches it at once, not at the
+    backstop's next look (made a minute long here)."""
+    with claims_without_backstop(server) as claims:
         a, _ = await connect_runner(channel, "a", labels=("a",))
         b, _ = await connect_runner(channel, "b", labels=("b",))
         stub = admin(channel)
@@ -164,8 +175,6 @@ async def test_a_freed_slot_claims_only_when_a_job_may_wait(
         await finish(a, handed)  # frees a slot of a dry kind, and nothing else
         await asyncio.sleep(0.5)
         assert len(claims) == claimed
-    finally:
-        event.remove(server.db.engine, "before_cursor_execute", count_claims)
     a.call.cancel()
     b.call.cancel()
 
@@ -176,16 +185,7 @@ async def test_runners_of_a_dry_kind_claim_nothing_and_a_new_kind_claims_at_once
     """Streams of a kind whose queue is dry connect without a claim each; a runner of
     another kind claims the job waiting for it as soon as it connects (the hub counts
     the kinds it holds, so that it skips the claim when every kind is dry)."""
-    server.hub.timing = replace(server.hub.timing, assign_sweep=timedelta(seconds=60))
-    server.hub.wake()
-    claims: list[str] = []
-
-    def count_claims(*args: Any) -> None:
-        if "FROM runner_sessions JOIN runners" in args[2]:
-            claims.append(args[2])
-
-    event.listen(server.db.engine, "before_cursor_execute", count_claims)
-    try:
+    with claims_without_backstop(server) as claims:
         first, _ = await connect_runner(channel, "a0", labels=("a",))
         await eventually(lambda: len(claims) == 1)  # found the queue dry for "a"
         others = [(await connect_runner(channel, f"a{i}", labels=("a",)))[0] for i in (1, 2, 3)]
@@ -198,8 +198,6 @@ async def test_runners_of_a_dry_kind_claim_nothing_and_a_new_kind_claims_at_once
         await eventually(lambda: free_slots(server) == 4)  # the claims it woke are over
         c, _ = await connect_runner(channel, "c", labels=("c",))
         assert (await c.next()).assign.job.id == waiting
-    finally:
-        event.remove(server.db.engine, "before_cursor_execute", count_claims)
     for runner in (first, *others, c):
         runner.call.cancel()
 
