@@ -102,6 +102,20 @@ class Tokens:
                 task.add_done_callback(self._refreshes.discard)
             return remembered.token
 
+        found = await self._read(token_id, random_part, may)
+        if found is None:
+            self._cache.pop(token_id, None)
+            raise _unknown()
+        token, secret_hash = found
+        self._remember(token, secret_hash, self.monotonic())
+        return token
+
+    async def _read(
+        self, token_id: int, random_part: str, may: Callable[[Token], None]
+    ) -> tuple[Token, str] | None:
+        """The token and its hash when the secret matches, its use recorded (unless
+        ``may`` refuses it first)."""
+
         def check(conn: Connection) -> tuple[Token, str] | None:
             found = store.token_with_hash(conn, token_id)
             if found is None or not rules.matches(random_part, found[1]):
@@ -110,18 +124,11 @@ class Tokens:
             store.mark_used(conn, token_id, self.ctx.clock.now())
             return found
 
-        found = await self.ctx.db.run(check)
-        if found is None:
-            self._cache.pop(token_id, None)
-            raise _unknown()
-        token, secret_hash = found
-        self._remember(token, secret_hash)
-        return token
+        return await self.ctx.db.run(check)
 
-    def _remember(self, token: Token, secret_hash: str) -> None:
+    def _remember(self, token: Token, secret_hash: str, read_at: float) -> None:
         if self.cache_seconds > 0:
-            until = self.monotonic() + self.cache_seconds
-            self._cache[token.id] = _Remembered(token, secret_hash, until)
+            self._cache[token.id] = _Remembered(token, secret_hash, read_at + self.cache_seconds)
 
     async def _refresh(self, token_id: int, random_part: str) -> None:
         """Read a remembered token again: remembered anew while it exists (and its use
@@ -129,16 +136,8 @@ class Tokens:
         at most ``cache_seconds`` after the last read that found it."""
         asked_at = self.monotonic()
         before = self._cache.get(token_id)
-
-        def check(conn: Connection) -> tuple[Token, str] | None:
-            found = store.token_with_hash(conn, token_id)
-            if found is None or not rules.matches(random_part, found[1]):
-                return None
-            store.mark_used(conn, token_id, self.ctx.clock.now())
-            return found
-
         try:
-            found = await self.ctx.db.run(check)
+            found = await self._read(token_id, random_part, _anyone)
         except Exception:
             # The database is unavailable: the entry expires as it would have, and the
             # next call after that reads (and reports) for itself.
@@ -151,9 +150,7 @@ class Tokens:
         if found is None:
             self._cache.pop(token_id, None)
             return
-        token, secret_hash = found
-        if self.cache_seconds > 0:
-            self._cache[token_id] = _Remembered(token, secret_hash, asked_at + self.cache_seconds)
+        self._remember(*found, asked_at)
 
     async def existing(self, token_ids: Iterable[int]) -> set[int]:
         """Which of these tokens still exist (read from the database, not remembered)."""
