@@ -12,7 +12,8 @@ from sqlalchemy import Connection, Row, func, insert, select
 
 from dispatcher.domain.model import JobEvent
 from dispatcher.domain.states import JobState
-from dispatcher.store.tables import job_events
+from dispatcher.store.sql import sqlite_execute_rows, sqlite_insert_sql
+from dispatcher.store.tables import job_events, sqlite_time
 
 _V = job_events.c
 
@@ -42,7 +43,30 @@ def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if buffer is not None:
         buffer.extend(rows)
     else:
+        _insert(conn, rows)
+
+
+_COLUMNS = ("job_id", "execution_id", "kind", "from_state", "to_state", "actor", "cause", "at")
+
+
+def _insert(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if conn.dialect.name != "sqlite":
         conn.execute(_INSERT_EVENTS, list(rows))
+        return
+    plain = [
+        (
+            r["job_id"],
+            r.get("execution_id"),
+            r["kind"],
+            r.get("from_state"),
+            r.get("to_state"),
+            r["actor"],
+            r.get("cause", ""),
+            sqlite_time(r["at"]),
+        )
+        for r in rows
+    ]
+    sqlite_execute_rows(conn, sqlite_insert_sql("job_events", _COLUMNS), plain)
 
 
 @contextmanager
@@ -57,7 +81,7 @@ def buffered_events(conn: Connection) -> Iterator[None]:
     finally:
         del conn.info[_EVENT_BUFFER]
     if rows:
-        conn.execute(_INSERT_EVENTS, rows)
+        _insert(conn, rows)
 
 
 def to_event(r: Row[Any]) -> JobEvent:

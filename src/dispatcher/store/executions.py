@@ -11,7 +11,8 @@ from sqlalchemy import Connection, Row, insert, select, update
 
 from dispatcher.domain.model import Execution
 from dispatcher.domain.states import Outcome
-from dispatcher.store.tables import executions
+from dispatcher.store.sql import sqlite_insert_rows
+from dispatcher.store.tables import executions, sqlite_time
 
 _E = executions.c
 
@@ -34,12 +35,22 @@ def insert_execution(
 _INSERT_EXECUTIONS = insert(executions).returning(_E.id, sort_by_parameter_order=True)
 
 
+_COLUMNS = ("job_id", "number", "runner_name", "session_id", "started_at", "result", "deadline_at")
+
+
 def insert_executions(
     conn: Connection,
     rows: Sequence[tuple[int, int, str, int | None, datetime | None]],
     now: datetime,
 ) -> list[int]:
     """New executions (job id, number, runner, session id, deadline); their ids in order."""
+    if conn.dialect.name == "sqlite":
+        at = sqlite_time(now)
+        plain = [
+            (job_id, number, runner, session_id, at, b"", sqlite_time(deadline))
+            for job_id, number, runner, session_id, deadline in rows
+        ]
+        return sqlite_insert_rows(conn, executions, _COLUMNS, plain)
     values = [
         {
             "job_id": job_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -33,7 +34,12 @@ from dispatcher.domain.states import (
 from dispatcher.store import events as event_store
 from dispatcher.store.executions import insert_executions
 from dispatcher.store.sql import delta as _delta
-from dispatcher.store.sql import insert_ignoring_conflicts
+from dispatcher.store.sql import (
+    insert_ignoring_conflicts,
+    sqlite_execute_rows,
+    sqlite_insert_rows,
+    sqlite_insert_sql,
+)
 from dispatcher.store.sql import seconds as _seconds
 from dispatcher.store.tables import (
     UtcDateTime,
@@ -46,6 +52,7 @@ from dispatcher.store.tables import (
     job_labels,
     jobs,
     schedules,
+    sqlite_time,
 )
 
 _J = jobs.c
@@ -99,6 +106,8 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], now: datetime) -> list[
     """Insert jobs and return their ids, in order: one statement for the whole batch."""
     if not new:
         return []
+    if conn.dialect.name == "sqlite":
+        return _insert_jobs_sqlite(conn, new, now)
     rows = []
     for job in new:
         spec = job.spec
@@ -131,6 +140,71 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], now: datetime) -> list[
     ]
     if keys:
         conn.execute(insert(job_coalesce_keys), keys)
+    return ids
+
+
+_JOB_COLUMNS = (
+    "queue", "platform", "labels", "command", "payload", "priority", "coalesce_keys",
+    "dedupe_key", "idempotency_key", "origin_time", "distributor", "on_lost", "subject",
+    "process", "failure_backoff_seconds", "retry_max_attempts", "retry_initial_delay_seconds",
+    "retry_multiplier", "retry_max_delay_seconds", "retry_max_lost", "max_wait_seconds",
+    "max_run_seconds", "not_before", "state", "info", "flavor_id", "schedule_id",
+    "duplicate_of", "created_at", "updated_at", "finished_at", "expires_at",
+)  # fmt: skip
+
+
+def _insert_jobs_sqlite(conn: Connection, new: Sequence[NewJob], now: datetime) -> list[int]:
+    """:func:`insert_jobs` on SQLite: the same rows, as plain values (store/sql.py)."""
+    at = sqlite_time(now)
+    rows = []
+    for job in new:
+        spec = job.spec
+        retry = spec.retry
+        rows.append(
+            (
+                spec.queue,
+                spec.platform,
+                json.dumps(sorted(spec.labels)),
+                json.dumps(list(spec.command)),
+                spec.payload,
+                spec.priority,
+                json.dumps(sorted(spec.coalesce_keys)),
+                spec.dedupe_key or None,
+                spec.idempotency_key or None,
+                sqlite_time(spec.origin_time),
+                spec.distributor,
+                spec.on_lost.value,
+                spec.subject,
+                spec.process,
+                _seconds(spec.failure_backoff),
+                retry.max_attempts,
+                retry.initial_delay.total_seconds(),
+                retry.multiplier,
+                retry.max_delay.total_seconds(),
+                retry.max_lost,
+                _seconds(spec.max_wait),
+                _seconds(spec.max_run),
+                sqlite_time(spec.not_before) if spec.not_before else at,
+                job.state.value,
+                job.info,
+                job.flavor_id,
+                job.schedule_id,
+                job.duplicate_of,
+                at,
+                at,
+                at if job.state.terminal else None,
+                sqlite_time(now + spec.max_wait) if spec.max_wait else None,
+            )
+        )
+    ids = sqlite_insert_rows(conn, jobs, _JOB_COLUMNS, rows)
+    labels = [
+        (i, label) for i, job in zip(ids, new, strict=True) for label in sorted(job.spec.labels)
+    ]
+    sqlite_execute_rows(conn, sqlite_insert_sql("job_labels", ("job_id", "label")), labels)
+    keys = [
+        (i, key) for i, job in zip(ids, new, strict=True) for key in sorted(job.spec.coalesce_keys)
+    ]
+    sqlite_execute_rows(conn, sqlite_insert_sql("job_coalesce_keys", ("job_id", "key")), keys)
     return ids
 
 
@@ -591,8 +665,19 @@ _MOVE_CLAIMED = (
 def move_claimed(conn: Connection, claims: Sequence[tuple[int, int]], now: datetime) -> int:
     """QUEUED -> BUILDING for (job id, new execution id) pairs, as one executemany (on
     SQLite); the compare-and-set on QUEUED stays. Returns how many rows moved."""
+    if conn.dialect.name == "sqlite":
+        at = sqlite_time(now)
+        return sqlite_execute_rows(
+            conn, _SQLITE_MOVE_CLAIMED, [(e, at, job_id) for job_id, e in claims]
+        )
     rows = [{"b_id": job_id, "b_execution_id": e, "b_now": now} for job_id, e in claims]
     return int(conn.execute(_MOVE_CLAIMED, rows).rowcount)
+
+
+_SQLITE_MOVE_CLAIMED = (
+    "UPDATE jobs SET state = 'BUILDING', current_execution_id = ?, attempt = attempt + 1, "
+    "info = '', updated_at = ? WHERE id = ? AND state = 'QUEUED'"
+)
 
 
 @dataclass(frozen=True)

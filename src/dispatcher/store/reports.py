@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select, text, update
+from sqlalchemy import Connection, bindparam, delete, select, text, update
 
 from dispatcher.domain.model import Job
 from dispatcher.domain.states import JobState, Outcome
 from dispatcher.store.jobs import job_columns, to_job
+from dispatcher.store.sql import sqlite_execute_rows
 from dispatcher.store.tables import (
     UtcDateTime,
     coalesce_holds,
@@ -28,6 +29,7 @@ from dispatcher.store.tables import (
     runner_sessions,
     runners,
     schedules,
+    sqlite_time,
 )
 
 _J = jobs.c
@@ -187,30 +189,13 @@ class Finished:
     holds_keys: bool = False
 
 
-_FINISH_EACH_EXECUTION = (
-    update(executions)
-    .where(_E.id == bindparam("b_id"), _E.finished_at.is_(None))
-    .values(
-        outcome=bindparam("b_outcome"),
-        finished_at=bindparam("b_now"),
-        info=bindparam("b_info"),
-        logtail=func.coalesce(bindparam("b_logtail"), _E.logtail),
-        result=bindparam("b_result"),
-    )
+_SQLITE_FINISH_EXECUTION = (
+    "UPDATE executions SET outcome = ?, finished_at = ?, info = ?, "
+    "logtail = COALESCE(?, logtail), result = ? WHERE id = ? AND finished_at IS NULL"
 )
-_FINISH_EACH_JOB = (
-    update(jobs)
-    .where(
-        _J.id == bindparam("b_id"),
-        _J.state == JobState.BUILDING.value,
-        _J.current_execution_id == bindparam("b_execution_id"),
-    )
-    .values(
-        state=bindparam("b_state"),
-        info=bindparam("b_info"),
-        updated_at=bindparam("b_now"),
-        finished_at=bindparam("b_now"),
-    )
+_SQLITE_FINISH_JOB = (
+    "UPDATE jobs SET state = ?, info = ?, updated_at = ?, finished_at = ? "
+    "WHERE id = ? AND state = 'BUILDING' AND current_execution_id = ?"
 )
 _PG_FINISH_EXECUTIONS = text(
     """
@@ -265,33 +250,17 @@ def finish(conn: Connection, done: Sequence[Finished], now: datetime) -> int:
             },
         ).rowcount
     else:
-        conn.execute(
-            _FINISH_EACH_EXECUTION,
-            [
-                {
-                    "b_id": d.execution_id,
-                    "b_outcome": d.outcome.value,
-                    "b_now": now,
-                    "b_info": d.info,
-                    "b_logtail": d.logtail,
-                    "b_result": d.result,
-                }
-                for d in done
-            ],
+        at = sqlite_time(now)
+        sqlite_execute_rows(
+            conn,
+            _SQLITE_FINISH_EXECUTION,
+            [(d.outcome.value, at, d.info, d.logtail, d.result, d.execution_id) for d in done],
         )
-        moved = conn.execute(
-            _FINISH_EACH_JOB,
-            [
-                {
-                    "b_id": d.job_id,
-                    "b_execution_id": d.execution_id,
-                    "b_state": d.state.value,
-                    "b_info": d.info,
-                    "b_now": now,
-                }
-                for d in done
-            ],
-        ).rowcount
+        moved = sqlite_execute_rows(
+            conn,
+            _SQLITE_FINISH_JOB,
+            [(d.state.value, d.info, at, at, d.job_id, d.execution_id) for d in done],
+        )
     holders = [d.job_id for d in done if d.holds_keys]
     if holders:
         conn.execute(delete(coalesce_holds).where(coalesce_holds.c.job_id.in_(holders)))

@@ -42,6 +42,18 @@ metadata = MetaData(
 )
 
 
+def sqlite_time(value: datetime | None) -> str | None:
+    """A time as SQLite stores it: naive UTC text, what UtcDateTime writes and reads. For
+    the hot statements that hand SQLite plain rows (store/sql.py)."""
+    if value is None:
+        return None
+    if value.tzinfo is UTC:  # nearly always: skip the conversion
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the store; use an aware UTC time")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """Stored as naive UTC (SQLite has no time zones); always read back timezone-aware."""
 
@@ -69,13 +81,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
 
-        def process(value: datetime | None) -> str | None:
-            if value is not None and value.tzinfo is UTC:  # nearly always: skip the checks
-                return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-            naive = self.process_bind_param(value, dialect)
-            return None if naive is None else naive.isoformat(" ", "microseconds")
-
-        return process
+        return sqlite_time
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Any:
         if dialect.name != "sqlite":

@@ -1,0 +1,121 @@
+"""Batch writes of the hot path (submits, claims, results): each row lands as given and
+the ids handed back name the rows written, in order. SQLite takes its own path here
+(plain rows, ids from its single writer), so both databases read back what was written."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select
+
+from dispatcher.domain.model import JobSpec, RetryPolicy
+from dispatcher.domain.states import JobState, Outcome
+from dispatcher.store import events as event_store
+from dispatcher.store import jobs as store
+from dispatcher.store import reports as report_store
+from dispatcher.store.database import Database
+from dispatcher.store.executions import executions_of
+from dispatcher.store.tables import job_events, jobs
+
+NOW = datetime(2026, 11, 23, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def _spec(n: int) -> JobSpec:
+    return JobSpec(
+        platform="linux/amd64",
+        command=("make", f"target-{n}"),
+        labels=frozenset({"big", f"l{n}"}),
+        payload=bytes([n]) * 3,
+        priority=n,
+        coalesce_keys=frozenset({f"repo-{n}"}),
+        dedupe_key=f"d{n}" if n % 2 else "",
+        origin_time=NOW - timedelta(minutes=n),
+        retry=RetryPolicy(max_attempts=3, initial_delay=timedelta(seconds=n + 1)),
+        max_wait=timedelta(hours=1) if n % 2 else None,
+    )
+
+
+def test_inserted_jobs_read_back_as_given_under_the_ids_returned(db: Database) -> None:
+    with db.transaction() as conn:
+        first = store.insert_jobs(
+            conn, [store.NewJob(_spec(n), JobState.QUEUED) for n in range(3)], NOW
+        )
+        # The newest row goes: the next batch's ids are taken again from below it.
+        conn.execute(delete(jobs).where(jobs.c.id == first[-1]))
+        second = store.insert_jobs(
+            conn, [store.NewJob(_spec(n), JobState.NOTICED) for n in range(3, 6)], NOW
+        )
+    assert len(set(first[:2] + second)) == 5
+    with db.transaction() as conn:
+        read = store.get_jobs(conn, first[:2] + second)
+        labels = {
+            row.job_id: row.label
+            for row in conn.execute(
+                select(store.job_labels).where(store.job_labels.c.label.like("l%"))
+            )
+        }
+    for n, job_id in zip([0, 1, 3, 4, 5], first[:2] + second, strict=True):
+        job = read[job_id]
+        spec = _spec(n)
+        assert job.spec.command == spec.command
+        assert job.spec.labels == spec.labels
+        assert job.spec.payload == spec.payload
+        assert job.spec.priority == n
+        assert job.spec.coalesce_keys == spec.coalesce_keys
+        assert job.spec.dedupe_key == spec.dedupe_key
+        assert job.spec.origin_time == spec.origin_time
+        assert job.spec.retry == spec.retry
+        assert job.spec.max_wait == spec.max_wait
+        assert job.spec.not_before == NOW
+        assert job.created_at == NOW
+        assert job.state is (JobState.QUEUED if n < 3 else JobState.NOTICED)
+        assert labels[job_id] == f"l{n}"
+
+
+def test_a_claim_and_its_result_write_executions_moves_and_events(db: Database) -> None:
+    with db.transaction() as conn:
+        ids = store.insert_jobs(
+            conn, [store.NewJob(_spec(n), JobState.QUEUED) for n in range(2)], NOW
+        )
+        claims = [
+            store.NewExecution(job_id, 1, f"r{i}", None, None, f"runner:r{i}")
+            for i, job_id in enumerate(reversed(ids))
+        ]
+        execution_ids = store.claim_queued(conn, claims, NOW, event="claimed")
+    later = NOW + timedelta(seconds=5)
+    with db.transaction() as conn:
+        for job_id, execution_id in zip(reversed(ids), execution_ids, strict=True):
+            (execution,) = executions_of(conn, job_id)
+            assert execution.id == execution_id
+        jobs_now = store.get_jobs(conn, ids)
+        assert {j.state for j in jobs_now.values()} == {JobState.BUILDING}
+        done = [
+            report_store.Finished(
+                execution_id=execution_ids[0],
+                job_id=ids[1],
+                outcome=Outcome.SUCCEEDED,
+                state=JobState.SUCCEEDED,
+                info="built",
+                logtail=None,
+                result=b"ok",
+            )
+        ]
+        assert report_store.finish(conn, done, later) == 1
+        # A second report of the same end changes nothing: the compare-and-set holds.
+        assert report_store.finish(conn, done, later) == 0
+    with db.transaction() as conn:
+        ended = store.get_jobs(conn, ids)
+        kinds = [
+            (r.job_id, r.kind, r.execution_id)
+            for r in conn.execute(select(job_events).order_by(job_events.c.id))
+        ]
+        (execution,) = executions_of(conn, ids[1])
+        events = event_store.events_of(conn, ids[1])
+    assert ended[ids[1]].state is JobState.SUCCEEDED
+    assert ended[ids[1]].finished_at == later
+    assert ended[ids[0]].state is JobState.BUILDING
+    assert execution.outcome is Outcome.SUCCEEDED
+    assert execution.result == b"ok"
+    assert execution.finished_at == later
+    assert kinds == [(ids[1], "claimed", execution_ids[0]), (ids[0], "claimed", execution_ids[1])]
+    assert events[0].at == NOW
