@@ -7,7 +7,6 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from google.protobuf import struct_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -125,6 +124,20 @@ def _dur(value: timedelta | None) -> Duration | None:
     seconds, rest = divmod(abs(micros), 1_000_000)
     sign = -1 if micros < 0 else 1  # seconds and nanos share the sign of the duration
     return Duration(seconds=sign * seconds, nanos=sign * rest * 1000)
+
+
+def _set_ts(field: Timestamp, value: datetime) -> None:
+    since = value - _EPOCH if value.tzinfo is not None else value - _EPOCH.replace(tzinfo=None)
+    field.seconds = since.days * 86_400 + since.seconds
+    field.nanos = since.microseconds * 1000
+
+
+def _set_dur(field: Duration, value: timedelta) -> None:
+    micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
+    seconds, rest = divmod(abs(micros), 1_000_000)
+    sign = -1 if micros < 0 else 1  # seconds and nanos share the sign of the duration
+    field.seconds = sign * seconds
+    field.nanos = sign * rest * 1000
 
 
 def _ts(value: datetime | None) -> Timestamp | None:
@@ -264,56 +277,87 @@ def outcome_from_proto(value: int) -> Outcome:
 
 
 def spec_to_proto(spec: JobSpec) -> types_pb2.JobSpec:
-    return types_pb2.JobSpec(
-        queue=spec.queue,
-        platform=spec.platform,
-        labels=sorted(spec.labels),
-        command=list(spec.command),
-        payload=spec.payload,
-        priority=spec.priority,
-        not_before=_ts(spec.not_before),
-        coalesce_keys=sorted(spec.coalesce_keys),
-        dedupe_key=spec.dedupe_key,
-        idempotency_key=spec.idempotency_key,
-        origin_time=_ts(spec.origin_time),
-        distributor=spec.distributor,
-        on_lost=_ON_LOST_PB[spec.on_lost],
-        retry=types_pb2.RetryPolicy(
-            max_attempts=spec.retry.max_attempts,
-            initial_delay=_dur(spec.retry.initial_delay),
-            multiplier=spec.retry.multiplier,
-            max_delay=_dur(spec.retry.max_delay),
-            max_lost=spec.retry.max_lost,
-        ),
-        subject=spec.subject,
-        process=spec.process,
-        failure_backoff=_dur(spec.failure_backoff),
-        max_wait=_dur(spec.max_wait),
-        max_run=_dur(spec.max_run),
-    )
+    out = types_pb2.JobSpec()
+    _fill_spec(out, spec)
+    return out
+
+
+def _fill_spec(out: types_pb2.JobSpec, spec: JobSpec) -> None:
+    # Field by field, defaults left unset: every submitted and every assigned job passes
+    # here, and keyword construction with nested messages cost four times as much.
+    if spec.queue:
+        out.queue = spec.queue
+    out.platform = spec.platform
+    if spec.labels:
+        out.labels.extend(sorted(spec.labels))
+    out.command.extend(spec.command)
+    if spec.payload:
+        out.payload = spec.payload
+    if spec.priority:
+        out.priority = spec.priority
+    if spec.not_before is not None:
+        _set_ts(out.not_before, spec.not_before)
+    if spec.coalesce_keys:
+        out.coalesce_keys.extend(sorted(spec.coalesce_keys))
+    if spec.dedupe_key:
+        out.dedupe_key = spec.dedupe_key
+    if spec.idempotency_key:
+        out.idempotency_key = spec.idempotency_key
+    if spec.origin_time is not None:
+        _set_ts(out.origin_time, spec.origin_time)
+    if spec.distributor:
+        out.distributor = spec.distributor
+    out.on_lost = _ON_LOST_PB[spec.on_lost]
+    policy, retry = spec.retry, out.retry
+    retry.max_attempts = policy.max_attempts
+    _set_dur(retry.initial_delay, policy.initial_delay)
+    retry.multiplier = policy.multiplier
+    _set_dur(retry.max_delay, policy.max_delay)
+    retry.max_lost = policy.max_lost
+    if spec.subject:
+        out.subject = spec.subject
+    if spec.process:
+        out.process = spec.process
+    if spec.failure_backoff is not None:
+        _set_dur(out.failure_backoff, spec.failure_backoff)
+    if spec.max_wait is not None:
+        _set_dur(out.max_wait, spec.max_wait)
+    if spec.max_run is not None:
+        _set_dur(out.max_run, spec.max_run)
 
 
 def job_to_proto(job: Job) -> types_pb2.Job:
-    return types_pb2.Job(
-        id=job.id,
-        spec=spec_to_proto(job.spec),
-        state=_JOB_STATE_PB[job.state],
-        info=job.info,
-        attempt=job.attempt,
-        current_execution_id=job.current_execution_id or 0,
-        duplicate_of=job.duplicate_of or 0,
-        created_at=_ts(job.created_at),
-        updated_at=_ts(job.updated_at),
-        finished_at=_ts(job.finished_at),
-        executions=[execution_to_proto(e) for e in job.executions],
-        events=[event_to_proto(e) for e in job.events],
-        runner=job.runner,
-        flavor=job.flavor,
-        schedule=job.schedule,
-        failures=job.failures,
-        losses=job.losses,
-        raw=_struct(job.raw),
-    )
+    out = types_pb2.Job(id=job.id, state=_JOB_STATE_PB[job.state], attempt=job.attempt)
+    _fill_spec(out.spec, job.spec)
+    if job.info:
+        out.info = job.info
+    if job.current_execution_id:
+        out.current_execution_id = job.current_execution_id
+    if job.duplicate_of:
+        out.duplicate_of = job.duplicate_of
+    if job.created_at is not None:
+        _set_ts(out.created_at, job.created_at)
+    if job.updated_at is not None:
+        _set_ts(out.updated_at, job.updated_at)
+    if job.finished_at is not None:
+        _set_ts(out.finished_at, job.finished_at)
+    if job.executions:
+        out.executions.extend(execution_to_proto(e) for e in job.executions)
+    if job.events:
+        out.events.extend(event_to_proto(e) for e in job.events)
+    if job.runner:
+        out.runner = job.runner
+    if job.flavor:
+        out.flavor = job.flavor
+    if job.schedule:
+        out.schedule = job.schedule
+    if job.failures:
+        out.failures = job.failures
+    if job.losses:
+        out.losses = job.losses
+    if job.raw:
+        out.raw.update(dict(job.raw))
+    return out
 
 
 def execution_to_proto(execution: Execution) -> types_pb2.Execution:
@@ -446,14 +490,6 @@ def token_to_proto(token: Token) -> admin_pb2.Token:
         created_at=_ts(token.created_at),
         last_used_at=_ts(token.last_used_at),
     )
-
-
-def _struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
-    if not value:
-        return None
-    message = struct_pb2.Struct()
-    message.update(dict(value))
-    return message
 
 
 # --- watch, replicas ----------------------------------------------------------------
