@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from sqlalchemy import (
@@ -153,6 +153,11 @@ _JOB_COLUMNS = (
 )  # fmt: skip
 
 
+def _json_strings(items: Iterable[str]) -> str:
+    """A list of strings as json.dumps writes it, without building an encoder per call."""
+    return "[" + ", ".join(map(encode_basestring_ascii, items)) + "]"
+
+
 def _insert_jobs_sqlite(conn: Connection, new: Sequence[NewJob], now: datetime) -> list[int]:
     """:func:`insert_jobs` on SQLite: the same rows, as plain values (store/sql.py)."""
     at = sqlite_time(now)
@@ -164,11 +169,11 @@ def _insert_jobs_sqlite(conn: Connection, new: Sequence[NewJob], now: datetime) 
             (
                 spec.queue,
                 spec.platform,
-                json.dumps(sorted(spec.labels)),
-                json.dumps(list(spec.command)),
+                _json_strings(sorted(spec.labels)),
+                _json_strings(spec.command),
                 spec.payload,
                 spec.priority,
-                json.dumps(sorted(spec.coalesce_keys)),
+                _json_strings(sorted(spec.coalesce_keys)),
                 spec.dedupe_key or None,
                 spec.idempotency_key or None,
                 sqlite_time(spec.origin_time),
