@@ -18,6 +18,10 @@ LogFormat = Literal["auto", "json", "text"]
 CONTEXT_FIELDS = ("job_id", "execution_id", "runner", "replica")
 
 
+# One encoder for every line: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
     """time, level, logger, message, the context fields present, and the exception."""
 
@@ -36,7 +40,7 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return _ENCODER.encode(line)
 
 
 class TextFormatter(logging.Formatter):
@@ -84,6 +88,12 @@ def configure(fmt: LogFormat, level: int, stream: IO[str] | None = None) -> logg
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # Neither format shows the caller, thread or process: skip gathering them for each
+    # record (the logging HOWTO's "Optimization"); a busy server logs every job's end.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # aiohttp logs each request at INFO; the page polls every few seconds.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return handler
