@@ -202,6 +202,51 @@ async def test_runners_of_a_dry_kind_claim_nothing_and_a_new_kind_claims_at_once
         runner.call.cancel()
 
 
+async def test_a_submit_binds_its_jobs_to_a_dry_runner_without_reading_the_queue(
+    server: Server, channel: grpc.aio.Channel
+) -> None:
+    """On an idle farm a submit binds its job in its own transaction without a read of
+    the queue (nothing older waits for a runner whose last claim found it dry); of the
+    jobs of one batch, the first in claim order (SPEC §5.2) takes the free slot, and a
+    job whose coalesce key a BUILDING job holds waits."""
+    queue_reads: list[str] = []
+
+    def count_reads(*args: Any) -> None:
+        if "ORDER BY jobs.priority DESC" in args[2]:
+            queue_reads.append(args[2])
+
+    runner, _ = await connect_runner(channel, "r1", capacity=2)
+    await eventually(lambda: free_slots(server) == 2)  # its first claim found nothing
+    stub = admin(channel)
+    event.listen(server.db.engine, "before_cursor_execute", count_reads)
+    try:
+        holder = await stub.SubmitJob(
+            admin_pb2.SubmitJobRequest(spec=job_spec(coalesce_keys=["k"]))
+        )
+        assert holder.job.state == types_pb2.JOB_STATE_BUILDING
+        batch = await stub.SubmitJobs(
+            admin_pb2.SubmitJobsRequest(
+                specs=[
+                    job_spec(priority=1),
+                    job_spec(priority=9, coalesce_keys=["k"]),  # held: waits
+                    job_spec(priority=5),
+                ]
+            )
+        )
+        assert queue_reads == []
+    finally:
+        event.remove(server.db.engine, "before_cursor_execute", count_reads)
+    states = [r.job.state for r in batch.results]
+    assert states == [
+        types_pb2.JOB_STATE_QUEUED,
+        types_pb2.JOB_STATE_QUEUED,
+        types_pb2.JOB_STATE_BUILDING,
+    ]
+    assigned = {(await runner.next()).assign.job.id for _ in range(2)}
+    assert assigned == {holder.job.id, batch.results[2].job.id}
+    runner.call.cancel()
+
+
 async def test_a_job_runs_on_a_runner_stream(channel: grpc.aio.Channel) -> None:
     runner, welcome = await connect_runner(channel, "r1")
     assert welcome.session_id > 0

@@ -40,6 +40,10 @@ class Demand:
     platform: str
     labels: frozenset[str]
     slots: int
+    # The last claim for this kind of runner found the queue holding nothing it may
+    # take, and no job arrived since: a submit may bind its own jobs to it without
+    # reading the queue (nothing older waits for this runner).
+    queue_dry: bool = False
 
 
 # What a runner can take (SPEC §5.1): its platform and labels.
@@ -136,7 +140,10 @@ class Jobs:
         )
         assignments: list[Assignment] = []
         if demands and any(job.state is JobState.QUEUED for job in admitted):
-            assignments = self._claim(conn, demands)
+            if all(d.queue_dry for d in demands):
+                assignments = self._bind_fresh(conn, demands, admitted, now)
+            else:
+                assignments = self._claim(conn, demands)
         bound = {a.job.id for a in assignments}
         if any(job.state is JobState.QUEUED and job.id not in bound for job in admitted):
             # Only what the hand-off left: a job already bound needs no other runner.
@@ -294,6 +301,46 @@ class Jobs:
                 for c, execution_id in zip(claims, execution_ids, strict=True)
             )
         return assignments
+
+    def _bind_fresh(
+        self, conn: Connection, demands: Sequence[Demand], admitted: Sequence[Job], now: datetime
+    ) -> list[Assignment]:
+        """Bind jobs this submit just queued to idle sessions for which the queue held
+        nothing: the claim's rules (SPEC §5) over these jobs alone, without reading the
+        queue. On an idle farm this is the whole path from submit to assignment.
+
+        A job another replica queued in the moments before its wake-up reached this one
+        may go second to ours: as with any two submits in flight at once, neither saw
+        the other's commit when it started."""
+        ready = runner_store.lock_sessions_to_claim_for(conn, [d.session_id for d in demands], now)
+        waiting = sorted(
+            (job for job in admitted if job.state is JobState.QUEUED and not job.spec.distributor),
+            key=lambda job: (-job.spec.priority, job.spec.not_before or now, job.id),
+        )
+        claims: list[Claim] = []
+        for demand in demands:
+            if demand.session_id not in ready:
+                continue
+            for _ in range(demand.slots):
+                job = next(
+                    (
+                        job
+                        for job in waiting
+                        if job.spec.platform == demand.platform
+                        and job.spec.labels <= demand.labels
+                        and store.acquire_coalesce_holds(conn, job.id, job.spec.coalesce_keys)
+                    ),
+                    None,
+                )
+                if job is None:
+                    break
+                waiting.remove(job)
+                claims.append(Claim(job, demand.runner, demand.session_id))
+        execution_ids = apply_claims(conn, claims, now)
+        return [
+            Assignment(c.session_id, execution_id, _claimed(c, execution_id, now))
+            for c, execution_id in zip(claims, execution_ids, strict=True)
+        ]
 
     async def any_queued(self) -> bool:
         """Whether any job waits in a queue for a runner."""

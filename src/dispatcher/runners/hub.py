@@ -541,7 +541,9 @@ class Hub:
             ):
                 continue
             slots = free if budget is None else min(free, budget)
-            demands.append(Demand(s.id, s.name, s.hello.platform, s.hello.labels, slots))
+            kind = (s.hello.platform, s.hello.labels)
+            dry = jobs is not None and kind in self._dry
+            demands.append(Demand(s.id, s.name, s.hello.platform, s.hello.labels, slots, dry))
             s.reserved += slots
             if budget is not None:
                 budget -= slots
