@@ -26,7 +26,6 @@ from dispatcher.domain.states import (
 from dispatcher.lifecycle.messages import WAKE, announce
 from dispatcher.lifecycle.transitions import event_row
 from dispatcher.store import backoffs as backoff_store
-from dispatcher.store import events as event_store
 from dispatcher.store import flavors as flavor_store
 from dispatcher.store import jobs as store
 
@@ -77,21 +76,18 @@ class Admission:
             )
             for spec, d in zip(specs, decisions, strict=True)
         ]
-        ids = store.insert_jobs(conn, new, now)
-        event_store.insert_events(
-            conn,
-            [
-                event_row(
-                    job_id,
-                    d.transition.event,
-                    now,
-                    actor=actor,
-                    cause=d.cause,
-                    to_state=d.transition.target,
-                )
-                for job_id, d in zip(ids, decisions, strict=True)
-            ],
-        )
+        events = [
+            event_row(
+                0,  # the job's id, once it has one
+                d.transition.event,
+                now,
+                actor=actor,
+                cause=d.cause,
+                to_state=d.transition.target,
+            )
+            for d in decisions
+        ]
+        ids = store.insert_jobs(conn, new, now, events)
         if wake and any(d.transition.target is JobState.QUEUED for d in decisions):
             announce(conn, WAKE)  # any replica's runners may take them
         if schedule_id is not None:

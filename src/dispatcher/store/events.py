@@ -69,6 +69,11 @@ def _insert(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     sqlite_execute_rows(conn, sqlite_insert_sql("job_events", _COLUMNS), plain)
 
 
+def buffering(conn: Connection) -> bool:
+    """Whether events written now wait for the end of a :func:`buffered_events` block."""
+    return _EVENT_BUFFER in conn.info
+
+
 @contextmanager
 def buffered_events(conn: Connection) -> Iterator[None]:
     """Collect the events written in the block and insert them in one statement when it

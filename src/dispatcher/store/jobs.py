@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -102,30 +103,34 @@ class NewJob:
     duplicate_of: int | None = None
 
 
-def insert_jobs(conn: Connection, new: Sequence[NewJob], now: datetime) -> list[int]:
-    """Insert jobs and return their ids, in order: one statement for the whole batch."""
+def insert_jobs(
+    conn: Connection,
+    new: Sequence[NewJob],
+    now: datetime,
+    events: Sequence[dict[str, Any]] | None = None,
+) -> list[int]:
+    """Insert jobs and return their ids, in order: one statement for the whole batch.
+    ``events``: one audit event per job (its job_id filled in here), written with them;
+    on PostgreSQL a single job and its event are one statement (an idle submit's path)."""
     if not new:
         return []
     if conn.dialect.name == "sqlite":
-        return _insert_jobs_sqlite(conn, new, now)
-    rows = []
-    for job in new:
-        spec = job.spec
-        values = _spec_values(spec)
-        values.update(
-            not_before=spec.not_before or now,
-            state=job.state.value,
-            info=job.info,
-            flavor_id=job.flavor_id,
-            schedule_id=job.schedule_id,
-            duplicate_of=job.duplicate_of,
-            created_at=now,
-            updated_at=now,
-            finished_at=now if job.state.terminal else None,
-            expires_at=now + spec.max_wait if spec.max_wait else None,
+        ids = _insert_jobs_sqlite(conn, new, now)
+    elif len(new) == 1 and events and not event_store.buffering(conn):
+        ids = [_insert_job_and_event(conn, _job_values(new[0], now), events[0])]
+        events = None
+        _insert_labels_and_keys(conn, ids, new)
+    else:
+        ids = list(conn.execute(_INSERT_JOBS, [_job_values(job, now) for job in new]).scalars())
+        _insert_labels_and_keys(conn, ids, new)
+    if events:
+        event_store.insert_events(
+            conn, [{**event, "job_id": i} for i, event in zip(ids, events, strict=True)]
         )
-        rows.append(values)
-    ids = list(conn.execute(_INSERT_JOBS, rows).scalars())
+    return ids
+
+
+def _insert_labels_and_keys(conn: Connection, ids: Sequence[int], new: Sequence[NewJob]) -> None:
     labels = [
         {"job_id": i, "label": label}
         for i, job in zip(ids, new, strict=True)
@@ -140,7 +145,57 @@ def insert_jobs(conn: Connection, new: Sequence[NewJob], now: datetime) -> list[
     ]
     if keys:
         conn.execute(insert(job_coalesce_keys), keys)
-    return ids
+
+
+def _job_values(job: NewJob, now: datetime) -> dict[str, Any]:
+    spec = job.spec
+    values = _spec_values(spec)
+    values.update(
+        not_before=spec.not_before or now,
+        state=job.state.value,
+        info=job.info,
+        flavor_id=job.flavor_id,
+        schedule_id=job.schedule_id,
+        duplicate_of=job.duplicate_of,
+        created_at=now,
+        updated_at=now,
+        finished_at=now if job.state.terminal else None,
+        expires_at=now + spec.max_wait if spec.max_wait else None,
+    )
+    return values
+
+
+_EVENT_COLUMNS = ("execution_id", "kind", "from_state", "to_state", "actor", "cause", "at")
+
+
+def _insert_job_and_event(conn: Connection, values: dict[str, Any], event: dict[str, Any]) -> int:
+    """INSERT the job, and its event from the id it got, in one statement (a CTE)."""
+    params = {f"j_{name}": value for name, value in values.items()}
+    params.update((f"e_{name}", event.get(name)) for name in _EVENT_COLUMNS)
+    return int(conn.execute(_job_and_event_statement(tuple(values)), params).scalar_one())
+
+
+@cache
+def _job_and_event_statement(columns: tuple[str, ...]) -> Any:
+    # Built once per set of columns: building and caching a statement this size on
+    # every submit cost more than the round trip it saves.
+    made = (
+        insert(jobs)
+        .values({name: bindparam(f"j_{name}", type_=_J[name].type) for name in columns})
+        .returning(_J.id)
+        .cte("made")
+    )
+    return (
+        insert(job_events)
+        .from_select(
+            ["job_id", *_EVENT_COLUMNS],
+            select(
+                made.c.id,
+                *(bindparam(f"e_{n}", type_=job_events.c[n].type) for n in _EVENT_COLUMNS),
+            ),
+        )
+        .returning(job_events.c.job_id)
+    )
 
 
 _JOB_COLUMNS = (
