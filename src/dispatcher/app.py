@@ -43,7 +43,7 @@ from dispatcher.lifecycle.flavors import Flavors
 from dispatcher.lifecycle.fleet import Fleet
 from dispatcher.lifecycle.job_actions import JobActions
 from dispatcher.lifecycle.jobs import Jobs
-from dispatcher.lifecycle.messages import Wake, decode
+from dispatcher.lifecycle.messages import FlavorsChanged, Wake, decode
 from dispatcher.lifecycle.schedules import Schedules
 from dispatcher.lifecycle.sessions import Sessions
 from dispatcher.lifecycle.status import Status
@@ -326,11 +326,14 @@ def _listener(ctx: Context, hub: Hub) -> Listener:
         message = decode(payload)
         if isinstance(message, Wake):
             ctx.wake()
+        elif isinstance(message, FlavorsChanged):
+            ctx.known_flavors.forget()
         elif message is not None:
             hub.receive(message)
 
     def on_connect() -> None:
         # Messages sent while the connection was down are lost: look at the database.
+        ctx.known_flavors.forget()
         ctx.wake()
         ctx.wake_due()
         hub.look_soon()

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import Connection
 
-from dispatcher.domain.model import JobSpec, ResultReport
+from dispatcher.domain.model import Flavor, JobSpec, ResultReport
 from dispatcher.domain.states import Outcome
 from dispatcher.lifecycle.fleet import Fleet
 from dispatcher.lifecycle.messages import (
+    FLAVORS_CHANGED,
     WAKE,
     CancelOrder,
     Message,
@@ -38,6 +39,7 @@ def test_every_message_survives_its_payload() -> None:
         RunnerDrained("r1", True, "maintenance"),
         RunnerDrained("r1", False),
         SessionsEnded((4, 5), "evicted"),
+        FLAVORS_CHANGED,
     ):
         assert decode(encode(message)) == message
 
@@ -169,3 +171,16 @@ async def test_a_runner_connecting_again_ends_its_old_stream_everywhere(
     await svc.connect("r1")  # no resume token: a new session replaces the first
     heard = await inbox.until_marker(db)
     assert heard == [SessionsEnded((first.session_id,), "runner r1 connected again")]
+
+
+@POSTGRESQL
+async def test_every_flavor_change_tells_the_replicas(
+    db: Database, listening: tuple[Services, Inbox]
+) -> None:
+    svc, inbox = listening
+    await svc.flavors.add(Flavor("big", LINUX), actor="t")
+    assert await inbox.until_marker(db) == [FLAVORS_CHANGED]
+    await svc.flavors.set_enabled("big", False, actor="t")
+    assert await inbox.until_marker(db) == [FLAVORS_CHANGED]
+    await svc.flavors.delete("big", actor="t")
+    assert FLAVORS_CHANGED in await inbox.until_marker(db)

@@ -23,10 +23,10 @@ from dispatcher.domain.states import (
     JobState,
     Transition,
 )
+from dispatcher.lifecycle.known_flavors import KnownFlavors
 from dispatcher.lifecycle.messages import WAKE, announce
 from dispatcher.lifecycle.transitions import event_row
 from dispatcher.store import backoffs as backoff_store
-from dispatcher.store import flavors as flavor_store
 from dispatcher.store import jobs as store
 
 
@@ -39,9 +39,10 @@ class _Decision:
 
 
 class Admission:
-    def __init__(self, rules: SchedulingRules, rng: random.Random) -> None:
+    def __init__(self, rules: SchedulingRules, rng: random.Random, flavors: KnownFlavors) -> None:
         self._rules = rules
         self._rng = rng
+        self._flavors = flavors
 
     def admit(
         self,
@@ -56,7 +57,7 @@ class Admission:
         """Insert one job per spec, each in the state the rules give it, with its event.
         Queued jobs wake every replica's assigner, unless ``wake`` is off: the caller
         then announces what its own claim left in the queue."""
-        flavors = flavor_store.flavors_of_platforms(conn, {s.platform for s in specs})
+        flavors = self._flavors.of_platforms(conn, {s.platform for s in specs})
         # Dedupe keys of jobs admitted earlier in this batch that are still unfinished.
         batch_keys: dict[str, int] = {}
         decisions = []

@@ -14,6 +14,7 @@ from dispatcher.domain.clock import Clock
 from dispatcher.domain.rules import SchedulingRules
 from dispatcher.domain.validation import Limits
 from dispatcher.lifecycle.batching import GroupCommit
+from dispatcher.lifecycle.known_flavors import KnownFlavors
 from dispatcher.store.database import Database
 
 
@@ -70,6 +71,7 @@ class Context:
     # a flavor added, a dedupe original failed): the due loop runs at once.
     due_wakeups: list[Callable[[], None]] = field(default_factory=list)
     changes: Pulse = field(default_factory=Pulse)
+    known_flavors: KnownFlavors = field(default_factory=KnownFlavors)
 
     def wake(self) -> None:
         for wake in self.wakeups:

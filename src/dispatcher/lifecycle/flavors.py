@@ -15,6 +15,7 @@ from dispatcher.domain.rules import choose_flavor
 from dispatcher.domain.states import HOLD, JobState
 from dispatcher.domain.validation import check_flavor
 from dispatcher.lifecycle.context import Context
+from dispatcher.lifecycle.messages import FLAVORS_CHANGED, announce
 from dispatcher.lifecycle.transitions import apply
 from dispatcher.store import flavors as store
 from dispatcher.store import jobs as job_store
@@ -38,6 +39,7 @@ class Flavors:
             if store.flavor_id(conn, flavor.name) is not None:
                 raise Conflict(f"flavor {flavor.name!r} already exists")
             store.insert_flavor(conn, flavor, now)
+            announce(conn, FLAVORS_CHANGED)
             if flavor.enabled:
                 self._reassign(conn, flavor.platform, None, now, actor)
             return flavor
@@ -46,7 +48,7 @@ class Flavors:
             added = await self._ctx.db.run(work)
         except IntegrityError:
             raise Conflict(f"flavor {flavor.name!r} already exists") from None
-        self._ctx.wake_due()
+        self._changed()
         return added
 
     async def all(self) -> list[Flavor]:
@@ -60,12 +62,13 @@ class Flavors:
             now = self._ctx.clock.now()
             flavor_id = self._find(conn, name)
             store.set_enabled(conn, flavor_id, enabled)
+            announce(conn, FLAVORS_CHANGED)
             [flavor] = [f for i, f in store.list_flavors(conn) if i == flavor_id]
             self._reassign(conn, flavor.platform, None if enabled else flavor_id, now, actor)
             return flavor
 
         flavor = await self._ctx.db.run(work)
-        self._ctx.wake_due()
+        self._changed()
         return flavor
 
     async def delete(self, name: str, *, actor: str) -> None:
@@ -76,8 +79,14 @@ class Flavors:
             store.set_enabled(conn, flavor_id, False)
             self._reassign(conn, flavor.platform, flavor_id, now, actor)
             store.delete_flavor(conn, flavor_id)
+            announce(conn, FLAVORS_CHANGED)
 
         await self._ctx.db.run(work)
+        self._changed()
+
+    def _changed(self) -> None:
+        # Other replicas forget theirs when the notification arrives.
+        self._ctx.known_flavors.forget()
         self._ctx.wake_due()
 
     def _find(self, conn: Connection, name: str) -> int:

@@ -31,7 +31,7 @@ RETRYABLE = frozenset(
 class JobActions:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._admission = Admission(ctx.rules, ctx.rng)
+        self._admission = Admission(ctx.rules, ctx.rng, ctx.known_flavors)
 
     async def retry(self, job_id: int, *, actor: str, reason: str) -> tuple[Job, int]:
         """Admit a new job with the spec of ``job_id``, which keeps its terminal state.

@@ -68,7 +68,7 @@ class Handoff(Protocol):
 class Jobs:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._admission = Admission(ctx.rules, ctx.rng)
+        self._admission = Admission(ctx.rules, ctx.rng, ctx.known_flavors)
         self._handoff: Handoff | None = None
 
     def hand_off_to(self, handoff: Handoff) -> None:
@@ -105,7 +105,9 @@ class Jobs:
             except IntegrityError:
                 # Another submission with the same idempotency key, or a runnable job
                 # with the same dedupe key, committed between our lookup and our insert;
-                # the unique index refused ours. Now the lookup finds it.
+                # the unique index refused ours. Now the lookup finds it. (Or the flavor
+                # admission chose was deleted meanwhile: read the flavors again.)
+                self._ctx.known_flavors.forget()
                 result, assignments = await self._ctx.db.run(
                     lambda conn: self._submit(conn, specs, actor, demands)
                 )

@@ -10,6 +10,8 @@ replica hears of a change only once it is committed.
   stream tells it, and stops (or resumes) giving it work.
 - :class:`SessionsEnded` — sessions were closed (an eviction, a runner that connected
   again elsewhere): a replica still holding one of their streams ends it.
+- :data:`FLAVORS_CHANGED` — a flavor was added, enabled, disabled or deleted: every
+  replica reads the flavors again before it admits the next job.
 
 On SQLite nothing is sent: one process, and its in-process wake-ups already run.
 Payloads are JSON, ``{"kind": ...}``; a replica ignores kinds it does not know, so a
@@ -44,6 +46,14 @@ WAKE = Wake()
 
 
 @dataclass(frozen=True)
+class FlavorsChanged:
+    """The flavors admission keeps in memory are out of date."""
+
+
+FLAVORS_CHANGED = FlavorsChanged()
+
+
+@dataclass(frozen=True)
 class CancelOrder:
     """Tell the runner holding ``execution_id`` (on session ``session_id``) to stop it."""
 
@@ -65,7 +75,7 @@ class SessionsEnded:
     reason: str = ""
 
 
-Message = Wake | CancelOrder | RunnerDrained | SessionsEnded
+Message = Wake | CancelOrder | RunnerDrained | SessionsEnded | FlavorsChanged
 
 
 def announce(conn: Connection, message: Message) -> None:
@@ -82,6 +92,8 @@ def encode(message: Message) -> str:
     body: dict[str, Any]
     if isinstance(message, Wake):
         body = {"kind": "wake"}
+    elif isinstance(message, FlavorsChanged):
+        body = {"kind": "flavors"}
     elif isinstance(message, CancelOrder):
         body = {
             "kind": "cancel",
@@ -114,6 +126,8 @@ def decode(payload: str) -> Message | None:
         kind = body["kind"]
         if kind == "wake":
             return WAKE
+        if kind == "flavors":
+            return FLAVORS_CHANGED
         if kind == "cancel":
             return CancelOrder(int(body["session"]), int(body["execution"]), str(body["reason"]))
         if kind == "drain":

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class Schedules:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._admission = Admission(ctx.rules, ctx.rng)
+        self._admission = Admission(ctx.rules, ctx.rng, ctx.known_flavors)
 
     async def create(self, spec: ScheduleSpec, *, actor: str) -> Schedule:
         check_schedule(spec, self._ctx.limits)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
 from dispatcher.domain.model import Flavor
 from dispatcher.domain.states import UNFINISHED_STATES, WAITING_STATES
@@ -51,21 +51,6 @@ def list_flavors(conn: Connection, platform: str | None = None) -> list[tuple[in
     if platform is not None:
         query = query.where(_F.platform == platform)
     return [(r.id, _to_flavor(r)) for r in conn.execute(query)]
-
-
-_OF_PLATFORMS = select(flavors).where(_F.platform.in_(bindparam("platforms", expanding=True)))
-
-
-def flavors_of_platforms(
-    conn: Connection, platforms: set[str]
-) -> dict[str, list[tuple[int, Flavor]]]:
-    """Every flavor (enabled or not) of each platform, for admission of a batch."""
-    found: dict[str, list[tuple[int, Flavor]]] = {p: [] for p in platforms}
-    if platforms:
-        rows = conn.execute(_OF_PLATFORMS, {"platforms": sorted(platforms)})
-        for r in rows:
-            found[r.platform].append((r.id, _to_flavor(r)))
-    return found
 
 
 def set_enabled(conn: Connection, flavor_id: int, enabled: bool) -> None:
