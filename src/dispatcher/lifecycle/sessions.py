@@ -69,7 +69,7 @@ class SweepReport:
     quarantine_ended: bool = False
     # Whether deadlines may fall at any moment (a job is building, another replica is
     # alive): then the next sweep comes at the usual interval. Otherwise no deadline
-    # falls before ``next_deadline`` (None: none is known) unless something starts.
+    # falls before ``next_deadline`` unless a job is claimed.
     in_flight: bool = True
     next_deadline: datetime | None = None
     # The sweep's "now".
@@ -305,6 +305,8 @@ class Sessions:
         horizon = horizon_store.sweep_horizon(conn, self._ctx.replica_id, now)
         report.in_flight = horizon.in_flight
         ends = [
+            # A session opened from now on falls silent no earlier than this.
+            now + deadlines.idle_heartbeat_timeout,
             horizon.first_detached + deadlines.reattach_grace if horizon.first_detached else None,
             horizon.oldest_heard + deadlines.idle_heartbeat_timeout
             if horizon.oldest_heard

@@ -207,6 +207,11 @@ class Hub:
         or due at another time. The due loop runs within ``due_sweep`` of its last run."""
         self._due.bring_forward(self._last_due_pass + self.timing.due_sweep.total_seconds())
 
+    @property
+    def due_sleeps_for(self) -> float:
+        """Seconds until the due loop's next pass as planned now (inf while it runs)."""
+        return self._due.at - asyncio.get_running_loop().time()
+
     def wake_sweep(self) -> None:
         """Deadlines now run (a job was claimed): sweep within ``sweep``, not after a
         quiet sleep."""
@@ -400,12 +405,11 @@ class Hub:
         :meth:`due_may_change`), and at least every ``due_backstop``."""
         last_retention = -math.inf
         loop = asyncio.get_running_loop()
-        backstop = self.timing.due_backstop.total_seconds()
         self._due.bring_forward(loop.time())
         while True:
             await self._due.wait()
             started = self._last_due_pass = loop.time()
-            wait = backstop
+            wait = self.timing.due_backstop.total_seconds()
             try:
                 made = await self._schedules.tick() if self._schedules is not None else 0
                 moved = await self._jobs.queue_due()
