@@ -37,6 +37,7 @@ from dispatcher.domain.tokens import Role
 from dispatcher.lifecycle.backoffs import Backoffs
 from dispatcher.lifecycle.batching import GroupCommit
 from dispatcher.lifecycle.context import Context
+from dispatcher.lifecycle.due import DueTimes
 from dispatcher.lifecycle.executions import Executions
 from dispatcher.lifecycle.explain import Explainer
 from dispatcher.lifecycle.flavors import Flavors
@@ -221,16 +222,27 @@ async def create_server(
     schedules = Schedules(ctx)
     metrics = Metrics(clock, lambda: hub.live_sessions)
     db.error_listeners.append(metrics.database_error)
-    hub = Hub(jobs, executions, sessions, timing, schedules, observer=metrics)
+    hub = Hub(
+        jobs, executions, sessions, timing, schedules, observer=metrics, due_times=DueTimes(ctx)
+    )
     jobs.hand_off_to(hub)
     ctx.wakeups.append(hub.wake)
+    # Jobs submitted or requeued: some may wait for a due time the due loop must learn.
+    ctx.wakeups.append(hub.due_may_change)
     ctx.due_wakeups.append(hub.wake_due)
+    ctx.sweep_wakeups.append(hub.wake_sweep)
     loop = asyncio.get_running_loop()
 
     def wake_from_database_thread() -> None:
         loop.call_soon_threadsafe(ctx.wake)
 
+    def due_from_database_thread() -> None:
+        loop.call_soon_threadsafe(hub.due_may_change)
+
     db.wake_listeners.append(wake_from_database_thread)
+    # A job ended or waits again, by whatever path (a result, the sweep, an expiry, a
+    # cancel): a schedule's next run or a job behind its dedupe key may be due.
+    db.due_listeners.append(due_from_database_thread)
 
     distributors = build_side(settings.distributors, ctx, distributor_kinds)
     listener = _listener(ctx, hub) if db.is_postgresql else None

@@ -70,6 +70,10 @@ class Context:
     # Called after a commit that may have made waiting jobs ready (a back-off cleared,
     # a flavor added, a dedupe original failed): the due loop runs at once.
     due_wakeups: list[Callable[[], None]] = field(default_factory=list)
+    # Called after a commit that started executions elsewhere than on a runner stream of
+    # this replica (a distributor claimed jobs): their deadlines now run, and the sweep,
+    # which sleeps while nothing is in flight, looks at them from now on.
+    sweep_wakeups: list[Callable[[], None]] = field(default_factory=list)
     changes: Pulse = field(default_factory=Pulse)
     known_flavors: KnownFlavors = field(default_factory=KnownFlavors)
 
@@ -82,3 +86,7 @@ class Context:
         for wake in self.due_wakeups:
             wake()
         self.changes.fire()
+
+    def wake_sweep(self) -> None:
+        for wake in self.sweep_wakeups:
+            wake()

@@ -125,7 +125,10 @@ class Distributions:
                 claimed.append(Claimed(job, execution_id, number, token))
             return claimed
 
-        return await self._ctx.db.run(work)
+        claimed = await self._ctx.db.run(work)
+        if claimed:
+            self._ctx.wake_sweep()  # their max_run and cancel deadlines run from now
+        return claimed
 
     async def record_run(
         self, execution_id: int, backend_token: str, info_url: str, poll_timeout: timedelta

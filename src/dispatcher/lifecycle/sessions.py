@@ -27,6 +27,7 @@ from dispatcher.lifecycle.context import Context
 from dispatcher.lifecycle.messages import CancelOrder, RunnerDrained, SessionsEnded, announce
 from dispatcher.lifecycle.transitions import apply, count_runner_loss, lose_execution
 from dispatcher.store import executions as execution_store
+from dispatcher.store import horizons as horizon_store
 from dispatcher.store import jobs as job_store
 from dispatcher.store import reports as report_store
 from dispatcher.store import runners as store
@@ -66,6 +67,13 @@ class SweepReport:
     requeued: int = 0
     # A runner's quarantine ended since the last sweep: it may take work again.
     quarantine_ended: bool = False
+    # Whether deadlines may fall at any moment (a job is building, another replica is
+    # alive): then the next sweep comes at the usual interval. Otherwise no deadline
+    # falls before ``next_deadline`` unless a job is claimed.
+    in_flight: bool = True
+    next_deadline: datetime | None = None
+    # The sweep's "now".
+    swept_at: datetime | None = None
 
 
 log = logging.getLogger(__name__)
@@ -221,7 +229,7 @@ class Sessions:
     ) -> SweepReport:
         now = self._ctx.clock.now()
         deadlines = self._ctx.deadlines
-        report = SweepReport()
+        report = SweepReport(swept_at=now)
         # Streams of this replica whose runners spoke since the last sweep: alive now.
         report_store.touch_sessions(conn, heard, now)
         since = self._last_sweep_at or now - deadlines.heartbeat_timeout
@@ -288,7 +296,24 @@ class Sessions:
                 report.cancels.append(CancelOrder(execution.session_id, execution_id, cause))
         for order in report.cancels:
             announce(conn, order)
+        self._horizon(conn, now, report)
         return report
+
+    def _horizon(self, conn: Connection, now: datetime, report: SweepReport) -> None:
+        """When the next deadline falls, as far as the database says now."""
+        deadlines = self._ctx.deadlines
+        horizon = horizon_store.sweep_horizon(conn, self._ctx.replica_id, now)
+        report.in_flight = horizon.in_flight
+        ends = [
+            # A session opened from now on falls silent no earlier than this.
+            now + deadlines.idle_heartbeat_timeout,
+            horizon.first_detached + deadlines.reattach_grace if horizon.first_detached else None,
+            horizon.oldest_heard + deadlines.idle_heartbeat_timeout
+            if horizon.oldest_heard
+            else None,
+            horizon.quarantine_end,
+        ]
+        report.next_deadline = min((end for end in ends if end is not None), default=None)
 
     async def look(self, session_ids: Collection[int]) -> StreamStates:
         """What the database says about these streams of this replica: a backstop for

@@ -26,6 +26,7 @@ from dispatcher.lifecycle.messages import WAKE, announce
 from dispatcher.store import events as event_store
 from dispatcher.store import executions as execution_store
 from dispatcher.store import jobs as store
+from dispatcher.store import notify
 from dispatcher.store import runners as runner_store
 from dispatcher.store import schedules as schedule_store
 
@@ -72,8 +73,9 @@ def apply(
     the same transaction, and carries out what the move implies for other rows: coalesce
     keys are released when the job stops building; jobs waiting on its dedupe key and its
     schedule learn how it ended; every replica is woken when the move may make jobs
-    claimable (one notification per transaction). Returns False, writing nothing, when
-    the job moved meanwhile."""
+    claimable (one notification per transaction), and this replica's due loop when it
+    may make waiting jobs ready or due at a new time (the job ended, or waits again).
+    Returns False, writing nothing, when the job moved meanwhile."""
     execution_id = new_execution_id or job.current_execution_id
     moved = store.move(
         conn,
@@ -111,6 +113,8 @@ def apply(
             announce(conn, WAKE)  # jobs waiting on its keys may run, on any replica
         if transition.target is JobState.QUEUED:
             announce(conn, WAKE)
+        elif transition.target is not JobState.BUILDING:
+            notify.due_here(conn)
         if transition.target.terminal and duplicate_of is None:
             _settle_dedupe(conn, job, transition.target, now)
             _settle_schedule(conn, job, transition.target, now)

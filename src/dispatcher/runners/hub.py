@@ -13,6 +13,15 @@ their cancels, drains and evictions of runners whose streams live here
 (:meth:`Hub.receive`). Backstops, for notifications lost while the connection was down:
 every ``assign_sweep`` the assigner looks whether any job is queued and claims if so,
 and every ``look`` the hub reads what the database says about its streams.
+
+Two loops keep time. The deadline sweep runs every ``sweep`` while deadlines may fall at
+any moment (a job is building, another replica is alive); otherwise it sleeps until the
+next deadline the database knows of (a re-attach grace, an idle runner's silence, a
+quarantine's end), at most ``sweep_idle``, and a claim on this replica wakes it. The due
+loop sleeps until the next moment a waiting job becomes ready by time alone, at most
+``due_backstop``; whatever may make jobs ready otherwise wakes it: at once when asked
+(:meth:`Hub.wake_due`), within ``due_sweep`` when a job ended or waits again, or jobs
+were submitted (:meth:`Hub.due_may_change`).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -36,11 +46,12 @@ from dispatcher.domain.model import (
     Verdict,
 )
 from dispatcher.domain.states import Outcome
+from dispatcher.lifecycle.due import DueTimes
 from dispatcher.lifecycle.executions import Executions
 from dispatcher.lifecycle.jobs import Demand, Jobs, Kind
 from dispatcher.lifecycle.messages import CancelOrder, Message, RunnerDrained, SessionsEnded
 from dispatcher.lifecycle.schedules import Schedules
-from dispatcher.lifecycle.sessions import Sessions
+from dispatcher.lifecycle.sessions import Sessions, SweepReport
 from dispatcher.runners.observer import HubObserver, NoObserver
 
 log = logging.getLogger(__name__)
@@ -104,8 +115,16 @@ class HubTiming:
     # Told to runners in Welcome: how often to send heartbeats while holding nothing.
     idle_heartbeat_interval: timedelta = timedelta(seconds=600)
     lease_renewal: timedelta = timedelta(seconds=5)
+    # How often deadlines are looked at while they may fall at any moment.
     sweep: timedelta = timedelta(seconds=1)
+    # Otherwise the sweep sleeps until the next deadline it knows of, at most this long.
+    sweep_idle: timedelta = timedelta(seconds=10)
+    # The due loop runs at most this often when told that jobs may have become ready
+    # (a job ended, jobs were submitted)...
     due_sweep: timedelta = timedelta(seconds=1)
+    # ...and at least this often, whatever it was told (a backstop: it sleeps until the
+    # next due time it knows of).
+    due_backstop: timedelta = timedelta(seconds=10)
     # On start-up, how long to hold new assignments while runners of a previous run
     # re-attach (the re-attach grace), so their jobs are decided first.
     startup_hold: timedelta = timedelta(seconds=10)
@@ -130,19 +149,24 @@ class Hub:
         timing: HubTiming,
         schedules: Schedules | None = None,
         observer: HubObserver | None = None,
+        due_times: DueTimes | None = None,
     ) -> None:
         self._observer: HubObserver = observer or NoObserver()
         self._jobs = jobs
         self._executions = executions
         self._sessions = sessions
         self._schedules = schedules
+        self._due_times = due_times
         self.timing = timing
         self._live: dict[int, LiveSession] = {}
         # How many streams of each kind of runner are held: a claim when every kind is
         # dry costs nothing, not a walk over ten thousand idle streams.
         self._kinds: Counter[Kind] = Counter()
         self._wakeup = asyncio.Event()
-        self._due_wakeup = asyncio.Event()
+        # When the due loop and the deadline sweep run next (loop time).
+        self._due = _Alarm()
+        self._last_due_pass = -math.inf
+        self._sweep_alarm = _Alarm()
         self._released = asyncio.Event()
         self._look_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -151,9 +175,6 @@ class Hub:
         self._holding = False
         # Sessions heard from since the last sweep.
         self._heard: set[int] = set()
-        # When the last sweep started (loop time): a long gap means this process stood
-        # still, and its runners' heartbeats are still unread.
-        self._last_sweep: float | None = None
         # Counts drain messages, so that a look that read the database before one
         # arrived does not undo it.
         self._drain_messages = 0
@@ -177,7 +198,25 @@ class Hub:
         self._wakeup.set()
 
     def wake_due(self) -> None:
-        self._due_wakeup.set()
+        """Waiting jobs may be ready now (a back-off cleared, a flavor added): the due
+        loop runs at once."""
+        self._due.bring_forward(asyncio.get_running_loop().time())
+
+    def due_may_change(self) -> None:
+        """A job ended or waits again, or jobs were submitted: waiting jobs may be ready,
+        or due at another time. The due loop runs within ``due_sweep`` of its last run."""
+        self._due.bring_forward(self._last_due_pass + self.timing.due_sweep.total_seconds())
+
+    @property
+    def due_sleeps_for(self) -> float:
+        """Seconds until the due loop's next pass as planned now (inf while it runs)."""
+        return self._due.at - asyncio.get_running_loop().time()
+
+    def wake_sweep(self) -> None:
+        """Deadlines now run (a job was claimed): sweep within ``sweep``, not after a
+        quiet sleep."""
+        loop_time = asyncio.get_running_loop().time()
+        self._sweep_alarm.bring_forward(loop_time + self.timing.sweep.total_seconds())
 
     def look_soon(self) -> None:
         """Read what the database says about this replica's streams now (messages from
@@ -204,7 +243,7 @@ class Hub:
             asyncio.create_task(
                 self._every(self.timing.lease_renewal, self.renew_lease), name="lease"
             ),
-            asyncio.create_task(self._every(self.timing.sweep, self.sweep), name="deadlines"),
+            asyncio.create_task(self._sweep_forever(), name="deadlines"),
             asyncio.create_task(self._keep_due_forever(), name="due"),
             asyncio.create_task(self._look_forever(), name="look"),
         ]
@@ -361,32 +400,60 @@ class Hub:
             self._capacity_freed()
 
     async def _keep_due_forever(self) -> None:
-        """Queue jobs that became ready, make schedules' next jobs, forget old jobs: at
-        every due sweep, and at once when woken (a back-off cleared, a flavor added)."""
-        last_retention = 0.0
+        """Queue jobs that became ready, make schedules' next jobs, forget old jobs: when
+        the next job is due by time, when woken (see :meth:`wake_due`,
+        :meth:`due_may_change`), and at least every ``due_backstop``."""
+        last_retention = -math.inf
         loop = asyncio.get_running_loop()
+        self._due.bring_forward(loop.time())
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.timing.due_sweep.total_seconds()):
-                    await self._due_wakeup.wait()
-            self._due_wakeup.clear()
+            await self._due.wait()
+            started = self._last_due_pass = loop.time()
+            wait = self.timing.due_backstop.total_seconds()
             try:
-                if self._schedules is not None:
-                    await self._schedules.tick()
-                await self._jobs.queue_due()
-                if loop.time() - last_retention > RETENTION_SWEEP_SECONDS:
-                    last_retention = loop.time()
+                made = await self._schedules.tick() if self._schedules is not None else 0
+                moved = await self._jobs.queue_due()
+                if made or moved:
+                    # More may be ready than one pass takes, or made ready by this one.
+                    wait = self.timing.due_sweep.total_seconds()
+                if started - last_retention > RETENTION_SWEEP_SECONDS:
+                    last_retention = started
                     await self._jobs.expire_finished()
+                due_in = await self._due_times.next_in() if self._due_times else None
+                if due_in is not None:
+                    # A hair after it, so that the job is due by then on every clock.
+                    self._due.bring_forward(loop.time() + due_in.total_seconds() + 0.005)
             except Exception:
-                log.exception("the due sweep failed; retrying on the next one")
+                log.exception("the due sweep failed; retrying soon")
+                wait = self.timing.due_sweep.total_seconds()
+            self._due.bring_forward(started + wait)
 
     async def renew_lease(self) -> None:
         await self._sessions.renew_lease(set(self._live))
 
-    async def sweep(self) -> None:
-        now = asyncio.get_running_loop().time()
-        last, self._last_sweep = self._last_sweep, now
-        stood_still = last is not None and now - last > 2 * self.timing.sweep.total_seconds() + 1
+    async def _sweep_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.timing.sweep.total_seconds()
+        self._sweep_alarm.bring_forward(loop.time() + interval)
+        while True:
+            late = await self._sweep_alarm.wait()
+            started = loop.time()
+            wait = interval
+            try:
+                # Far later than planned: this process stood still (frozen, starved),
+                # and the heartbeats its runners sent meanwhile are still unread.
+                report = await self.sweep(stood_still=late > 2 * interval + 1)
+                if not report.in_flight and report.swept_at is not None:
+                    quiet = self.timing.sweep_idle.total_seconds()
+                    if report.next_deadline is not None:
+                        until = (report.next_deadline - report.swept_at).total_seconds()
+                        quiet = min(quiet, until)
+                    wait = max(interval, quiet)
+            except Exception:
+                log.exception("the deadline sweep failed; retrying soon")
+            self._sweep_alarm.bring_forward(started + wait)
+
+    async def sweep(self, *, stood_still: bool = False) -> SweepReport:
         heard, self._heard = self._heard, set()
         report = await self._sessions.sweep(judge_silence=not stood_still, heard=heard)
         for session_id in report.closed_sessions:
@@ -404,6 +471,7 @@ class Hub:
             session = self._live.get(order.session_id)
             if session is not None:
                 self._release(session, order.execution_id)
+        return report
 
     # --- runner reports -----------------------------------------------------------
 
@@ -557,6 +625,8 @@ class Hub:
             session = self._live.get(demand.session_id)
             if session is not None:
                 session.reserved -= demand.slots
+        if assignments:
+            self.wake_sweep()
         for assignment in assignments:
             self._observer.assigned(assignment)
             session = self._live.get(assignment.session_id)
@@ -622,3 +692,29 @@ class Hub:
                 await work()
             except Exception:
                 log.exception("periodic task %s failed", getattr(work, "__name__", work))
+
+
+class _Alarm:
+    """When a loop runs next (loop time): a moment others may only bring forward."""
+
+    def __init__(self) -> None:
+        self.at = math.inf
+        self._changed = asyncio.Event()
+
+    def bring_forward(self, at: float) -> None:
+        if at < self.at:
+            self.at = at
+            self._changed.set()
+
+    async def wait(self) -> float:
+        """Sleep until the alarm's moment; returns how late it woke. The moment is
+        cleared: a call to :meth:`bring_forward` from now on sets the next one."""
+        loop = asyncio.get_running_loop()
+        while (delay := self.at - loop.time()) > 0:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._changed.wait()
+        late = loop.time() - self.at
+        self.at = math.inf
+        return late

@@ -41,6 +41,8 @@ class Database:
         # Told after a transaction that asked to wake this process (notify.wake_here)
         # committed. Called on a database thread; must return at once.
         self.wake_listeners: list[Callable[[], None]] = []
+        # Likewise after a transaction that asked to tell the due loop (notify.due_here).
+        self.due_listeners: list[Callable[[], None]] = []
 
     @property
     def is_postgresql(self) -> bool:
@@ -63,7 +65,7 @@ class Database:
         """A transaction whose notifications (store/notify.py) are sent just before it
         commits, and forgotten when it does not; its wake-ups of this process come after
         the commit."""
-        woke = False
+        woke = due = False
         with self.engine.begin() as conn:
             try:
                 yield conn
@@ -71,8 +73,12 @@ class Database:
             finally:
                 notify.discard_pending(conn)
                 woke = notify.take_wake_here(conn)
+                due = notify.take_due_here(conn)
         if woke:
             for listener in self.wake_listeners:
+                listener()
+        if due:
+            for listener in self.due_listeners:
                 listener()
 
     def run_sync(self, work: Callable[[Connection], T]) -> T:

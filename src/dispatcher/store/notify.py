@@ -12,8 +12,9 @@ with growing pauses, and says so (``on_connect``): notifications sent meanwhile 
 lost, so whoever listens should then look at the database once.
 
 On SQLite both are no-ops: one process. What a transaction wants woken in this process
-too (:func:`wake_here`) ``Database`` tells its wake listeners once the transaction has
-committed, on every database: the change is what matters, not the code path that made it.
+too (:func:`wake_here`, :func:`due_here`) ``Database`` tells its wake (or due) listeners
+once the transaction has committed, on every database: the change is what matters, not
+the code path that made it.
 """
 
 from __future__ import annotations
@@ -62,6 +63,20 @@ def wake_here(conn: Connection) -> None:
 def take_wake_here(conn: Connection) -> bool:
     """Whether :func:`wake_here` was called in the transaction now ending (forgotten)."""
     return bool(conn.info.pop(_WAKE_HERE, False))
+
+
+_DUE_HERE = "dispatcher.due_here"
+
+
+def due_here(conn: Connection) -> None:
+    """Tell this process's due loop, when the caller's transaction commits, that waiting
+    jobs may have become ready or got a new due time (a job ended or waits again)."""
+    conn.info[_DUE_HERE] = True
+
+
+def take_due_here(conn: Connection) -> bool:
+    """Whether :func:`due_here` was called in the transaction now ending (forgotten)."""
+    return bool(conn.info.pop(_DUE_HERE, False))
 
 
 def send_pending(conn: Connection) -> None:
