@@ -198,14 +198,11 @@ def _job_and_event_statement(columns: tuple[str, ...]) -> Any:
     )
 
 
-_JOB_COLUMNS = (
-    "queue", "platform", "labels", "command", "payload", "priority", "coalesce_keys",
-    "dedupe_key", "idempotency_key", "origin_time", "distributor", "on_lost", "subject",
-    "process", "failure_backoff_seconds", "retry_max_attempts", "retry_initial_delay_seconds",
-    "retry_multiplier", "retry_max_delay_seconds", "retry_max_lost", "max_wait_seconds",
-    "max_run_seconds", "not_before", "state", "info", "flavor_id", "schedule_id",
-    "duplicate_of", "created_at", "updated_at", "finished_at", "expires_at",
-)  # fmt: skip
+# Job columns SQLite stores as text: times (sqlite_time) and JSON lists of strings.
+_SQLITE_TIMES = frozenset(
+    {"not_before", "origin_time", "created_at", "updated_at", "finished_at", "expires_at"}
+)
+_SQLITE_JSON = frozenset({"labels", "command", "coalesce_keys"})
 
 
 def _json_strings(items: Iterable[str]) -> str:
@@ -213,50 +210,21 @@ def _json_strings(items: Iterable[str]) -> str:
     return "[" + ", ".join(map(encode_basestring_ascii, items)) + "]"
 
 
+def _sqlite_value(column: str, value: Any) -> Any:
+    if column in _SQLITE_TIMES:
+        return sqlite_time(value)
+    if column in _SQLITE_JSON:
+        return _json_strings(value)
+    return value
+
+
 def _insert_jobs_sqlite(conn: Connection, new: Sequence[NewJob], now: datetime) -> list[int]:
-    """:func:`insert_jobs` on SQLite: the same rows, as plain values (store/sql.py)."""
-    at = sqlite_time(now)
-    rows = []
-    for job in new:
-        spec = job.spec
-        retry = spec.retry
-        rows.append(
-            (
-                spec.queue,
-                spec.platform,
-                _json_strings(sorted(spec.labels)),
-                _json_strings(spec.command),
-                spec.payload,
-                spec.priority,
-                _json_strings(sorted(spec.coalesce_keys)),
-                spec.dedupe_key or None,
-                spec.idempotency_key or None,
-                sqlite_time(spec.origin_time),
-                spec.distributor,
-                spec.on_lost.value,
-                spec.subject,
-                spec.process,
-                _seconds(spec.failure_backoff),
-                retry.max_attempts,
-                retry.initial_delay.total_seconds(),
-                retry.multiplier,
-                retry.max_delay.total_seconds(),
-                retry.max_lost,
-                _seconds(spec.max_wait),
-                _seconds(spec.max_run),
-                sqlite_time(spec.not_before) if spec.not_before else at,
-                job.state.value,
-                job.info,
-                job.flavor_id,
-                job.schedule_id,
-                job.duplicate_of,
-                at,
-                at,
-                at if job.state.terminal else None,
-                sqlite_time(now + spec.max_wait) if spec.max_wait else None,
-            )
-        )
-    ids = sqlite_insert_rows(conn, jobs, _JOB_COLUMNS, rows)
+    """:func:`insert_jobs` on SQLite: the same rows (:func:`_job_values`), as plain
+    values (store/sql.py)."""
+    values = [_job_values(job, now) for job in new]
+    columns = tuple(values[0])
+    rows = [tuple(_sqlite_value(c, v) for c, v in row.items()) for row in values]
+    ids = sqlite_insert_rows(conn, jobs, columns, rows)
     labels = [
         (i, label) for i, job in zip(ids, new, strict=True) for label in sorted(job.spec.labels)
     ]
