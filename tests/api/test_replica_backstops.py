@@ -83,3 +83,27 @@ async def test_a_drain_asked_elsewhere_reaches_the_runner_here(database_url: str
         await other.sessions.set_draining("r1", True, "maintenance")
         await server.hub.look()
         assert (await next_of_kind(runner, "drain")).WhichOneof("message") == "drain"
+
+
+async def test_an_undrain_asked_elsewhere_after_a_drain_here_reaches_the_runner(
+    database_url: str,
+) -> None:
+    """A look that finds the database as the last one did skips the streams; one that
+    finds the drains changed (the undrain's message never came) still applies them."""
+    async with (
+        running_server(database_url) as server,
+        open_channel(server) as channel,
+        elsewhere(database_url) as other,
+    ):
+        runner, _ = await connect_runner(channel, "r1")
+        await admin(channel).DrainRunner(admin_pb2.DrainRunnerRequest(name="r1", reason="disk"))
+        assert (await next_of_kind(runner, "drain")).WhichOneof("message") == "drain"
+        await server.hub.look()
+        await server.hub.look()  # nothing new: the stream stays drained
+        spec = types_pb2.JobSpec(platform="linux/x86_64", command=["true"])
+        waiting = await admin(channel).SubmitJob(admin_pb2.SubmitJobRequest(spec=spec))
+        assert waiting.job.state == types_pb2.JOB_STATE_QUEUED
+        await other.sessions.set_draining("r1", False, "")
+        await server.hub.look()
+        assign = (await next_of_kind(runner, "assign")).assign
+        assert assign.job.id == waiting.job.id

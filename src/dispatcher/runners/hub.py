@@ -178,6 +178,10 @@ class Hub:
         # Counts drain messages, so that a look that read the database before one
         # arrived does not undo it.
         self._drain_messages = 0
+        # What the last look found drained, and the drain messages it had seen: while
+        # neither changes, every stream here already agrees with the database.
+        self._looked_draining: frozenset[int] = frozenset()
+        self._looked_drain_messages = -1
         # Runner kinds (platform, labels) for which the last claim found the queue dry:
         # a slot of that kind freeing up claims nothing until a job may have arrived
         # (wake), so a build ending on an idle farm costs no claim transaction.
@@ -671,14 +675,25 @@ class Hub:
         # A drain message that arrived meanwhile is newer than what was read.
         drains_current = self._accepting and drain_messages == self._drain_messages
         undrained = False
-        for session in self._live.values():
-            draining = session.id in states.draining
-            if drains_current and session.draining != draining:
-                session.draining = draining
-                if draining:
-                    session.send(Drain("drained"))
-                else:
-                    undrained = True
+        # A stream's drain flag changes only by a drain message or by opening with its
+        # runner's state from the database: with neither news nor a change in the
+        # database since the last look, there is nothing to compare (an idle server
+        # holding many streams would otherwise visit each of them every look).
+        news = (
+            states.draining != self._looked_draining
+            or drain_messages != self._looked_drain_messages
+        )
+        if drains_current and news:
+            for session in self._live.values():
+                draining = session.id in states.draining
+                if session.draining != draining:
+                    session.draining = draining
+                    if draining:
+                        session.send(Drain("drained"))
+                    else:
+                        undrained = True
+            self._looked_draining = states.draining
+            self._looked_drain_messages = drain_messages
         for order in states.cancels:
             self.cancel(order)
         if undrained:
