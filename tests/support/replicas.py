@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from tests.support.processes import (
     runner_process,
 )
 from tests.support.tokens import authenticated_sync_channel
+
+BIND_ATTEMPTS = 5
 
 
 @dataclass
@@ -79,16 +82,30 @@ class Cluster:
         if replica.server is not None:
             raise RuntimeError(f"replica {index} runs already")
         name = f"replica-{index}" + (f".{replica.restarts}" if replica.restarts else "")
-        replica.server = replica._exit.enter_context(
-            dispatcher_server(
-                self.database_url,
-                self.workdir,
-                port=replica.port,
-                settings=self.settings,
-                log_name=f"{name}.log",
-            )
-        )
-        return replica.server
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            try:
+                replica.server = replica._exit.enter_context(
+                    dispatcher_server(
+                        self.database_url,
+                        self.workdir,
+                        port=replica.port,
+                        settings=self.settings,
+                        log_name=f"{name}.log",
+                    )
+                )
+            except RuntimeError as exc:
+                # The port was free when chosen; an outgoing connection may have taken
+                # it since as its own (ephemeral) port. Before any runner knows it, a
+                # replica takes another; after, it waits for that one to go.
+                if "Address already in use" not in str(exc) or attempt == BIND_ATTEMPTS:
+                    raise
+                if replica.restarts == 0:
+                    replica.port = free_port()
+                else:
+                    time.sleep(1.0)
+                continue
+            return replica.server
+        raise AssertionError("unreachable")
 
     def kill(self, index: int) -> None:
         """kill -9: no goodbye, no retiring, no detaching."""
