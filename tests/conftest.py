@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from tests.support import memory_watch
 from tests.support.databases import PostgresServer, PostgresUnavailable, provide_server
 
 if TYPE_CHECKING:
@@ -53,6 +54,24 @@ BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
 ]
+
+
+# The test running now, for the memory watch's report.
+_current_test: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    capture = config.pluginmanager.getplugin("capturemanager")
+
+    def uncapture() -> None:
+        if capture is not None:
+            capture.suspend_global_capture(in_=False)
+
+    memory_watch.start(_current_test, uncapture)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _current_test["id"] = item.nodeid
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
