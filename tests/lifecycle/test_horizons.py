@@ -4,7 +4,6 @@ signal each job that ends or waits again gives the due loop, whatever path moved
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -12,18 +11,11 @@ import pytest
 from dispatcher.domain.model import JobSpec, ResultReport
 from dispatcher.domain.states import JobState, Outcome
 from dispatcher.lifecycle.due import DueTimes
-from dispatcher.store.database import Database
-from tests.support.services import Services, services
+from tests.support.services import Services
 
 LINUX = "linux/x86_64"
 IDLE_TIMEOUT = timedelta(seconds=1800)  # Deadlines() default
 GRACE = timedelta(seconds=10)
-
-
-@pytest.fixture
-async def svc(db: Database) -> AsyncIterator[Services]:
-    async with services(db) as built:
-        yield built
 
 
 @pytest.fixture

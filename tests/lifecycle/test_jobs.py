@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta, timezone
 
@@ -15,15 +14,9 @@ from dispatcher.domain.model import Flavor, JobFilter, JobSpec, ResultReport
 from dispatcher.domain.states import LEGAL_MOVES, JobState, OnLostPolicy, Outcome
 from dispatcher.store.database import Database
 from dispatcher.store.tables import coalesce_holds, job_events, jobs
-from tests.support.services import Services, services
+from tests.support.services import Services
 
 LINUX = "linux/x86_64"
-
-
-@pytest.fixture
-async def svc(db: Database) -> AsyncIterator[Services]:
-    async with services(db) as built:
-        yield built
 
 
 def spec(*command: str, **kw: object) -> JobSpec:

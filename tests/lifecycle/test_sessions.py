@@ -3,7 +3,6 @@ on both databases with a manual clock."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -18,12 +17,6 @@ from tests.support.services import Services, services
 LINUX = "linux/x86_64"
 GRACE = timedelta(seconds=10)  # Deadlines() defaults
 HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-
-
-@pytest.fixture
-async def svc(db: Database) -> AsyncIterator[Services]:
-    async with services(db) as built:
-        yield built
 
 
 async def submit(svc: Services, policy: OnLostPolicy = OnLostPolicy.REQUEUE) -> int:

@@ -4,7 +4,6 @@ waits for the database, and a token deleted elsewhere is still refused in time."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -13,8 +12,7 @@ from dispatcher.domain.errors import Unauthenticated
 from dispatcher.domain.tokens import Role
 from dispatcher.lifecycle.tokens import Tokens
 from dispatcher.store import tokens as token_store
-from dispatcher.store.database import Database
-from tests.support.services import Services, services
+from tests.support.services import Services
 
 CACHE = 2.0
 
@@ -25,12 +23,6 @@ class Monotonic:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def svc(db: Database) -> AsyncIterator[Services]:
-    async with services(db) as built:
-        yield built
 
 
 async def last_used(svc: Services, name: str) -> object:
