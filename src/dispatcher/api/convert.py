@@ -117,15 +117,6 @@ def _duration(value: Duration, *, present: bool, field: str) -> timedelta | None
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _dur(value: timedelta | None) -> Duration | None:
-    if value is None:
-        return None
-    micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
-    seconds, rest = divmod(abs(micros), 1_000_000)
-    sign = -1 if micros < 0 else 1  # seconds and nanos share the sign of the duration
-    return Duration(seconds=sign * seconds, nanos=sign * rest * 1000)
-
-
 def _set_ts(field: Timestamp, value: datetime) -> None:
     since = value - _EPOCH if value.tzinfo is not None else value - _EPOCH.replace(tzinfo=None)
     field.seconds = since.days * 86_400 + since.seconds
@@ -143,8 +134,17 @@ def _set_dur(field: Duration, value: timedelta) -> None:
 def _ts(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
-    since = value - _EPOCH if value.tzinfo is not None else value - _EPOCH.replace(tzinfo=None)
-    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
+    out = Timestamp()
+    _set_ts(out, value)
+    return out
+
+
+def _dur(value: timedelta | None) -> Duration | None:
+    if value is None:
+        return None
+    out = Duration()
+    _set_dur(out, value)
+    return out
 
 
 # --- to the domain ----------------------------------------------------------------
