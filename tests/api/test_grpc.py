@@ -247,6 +247,44 @@ async def test_a_submit_binds_its_jobs_to_a_dry_runner_without_reading_the_queue
     runner.call.cancel()
 
 
+async def test_a_single_job_for_an_idle_runner_is_bound_by_its_submit(
+    server: Server, channel: grpc.aio.Channel
+) -> None:
+    """One job for an idle runner: BUILDING in the submit's reply, its Assign on the
+    stream, its history the submit then the claim. On PostgreSQL the job, its events
+    and its binding are one statement, which neither reads the queue nor leaves the job
+    in it."""
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    runner, _ = await connect_runner(channel, "r1", labels=("gpu",))
+    await eventually(lambda: free_slots(server) == 1)  # its first claim found nothing
+    stub = admin(channel)
+    event.listen(server.db.engine, "before_cursor_execute", record)
+    try:
+        reply = await stub.SubmitJob(admin_pb2.SubmitJobRequest(spec=job_spec(labels=["gpu"])))
+    finally:
+        event.remove(server.db.engine, "before_cursor_execute", record)
+    assert reply.job.state == types_pb2.JOB_STATE_BUILDING
+    assign = (await runner.next()).assign
+    assert (assign.job.id, assign.execution_id) == (reply.job.id, reply.job.current_execution_id)
+    assert list(assign.job.spec.labels) == ["gpu"]
+    history = (await stub.GetJobHistory(admin_pb2.GetJobHistoryRequest(id=reply.job.id))).events
+    assert [(e.kind, e.to_state) for e in history] == [
+        ("submitted", types_pb2.JOB_STATE_QUEUED),
+        ("started", types_pb2.JOB_STATE_BUILDING),
+    ]
+    assert history[1].execution_id == assign.execution_id
+    writes = [s for s in statements if "INSERT INTO jobs" in s]
+    assert len(writes) == 1
+    if server.db.is_postgresql:
+        assert "INSERT INTO executions" in writes[0]
+        assert not any("ORDER BY jobs.priority DESC" in s for s in statements)
+    runner.call.cancel()
+
+
 async def test_a_job_runs_on_a_runner_stream(channel: grpc.aio.Channel) -> None:
     runner, welcome = await connect_runner(channel, "r1")
     assert welcome.session_id > 0

@@ -7,9 +7,10 @@ transaction, in this order: replay window, flavor, dedupe key, back-off, due tim
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -57,6 +58,56 @@ class Admission:
         """Insert one job per spec, each in the state the rules give it, with its event.
         Queued jobs wake every replica's assigner, unless ``wake`` is off: the caller
         then announces what its own claim left in the queue."""
+        new, events, flavor_names = self._decide_all(conn, specs, now, actor, schedule_id)
+        ids = store.insert_jobs(conn, new, now, events)
+        if wake and any(n.state is JobState.QUEUED for n in new):
+            announce(conn, WAKE)  # any replica's runners may take them
+        if schedule_id is not None:
+            found = store.get_jobs(conn, ids)  # with the schedule's name
+            return [found[i] for i in ids]
+        return [
+            store.as_inserted(n, i, now, flavor=flavor_names.get(n.flavor_id or 0, ""))
+            for n, i in zip(new, ids, strict=True)
+        ]
+
+    def admit_one_bound(
+        self,
+        conn: Connection,
+        spec: JobSpec,
+        now: datetime,
+        *,
+        actor: str,
+        sessions_for: Callable[[JobSpec], list[int]],
+        claim_event: str,
+    ) -> tuple[Job, store.BoundAtInsert | None]:
+        """Admit one job (PostgreSQL) and, when the rules queue it, bind it in the same
+        statement to the first of ``sessions_for(spec)`` that may take work (see
+        :func:`store.insert_job_bound`; not for a job with coalesce keys). Returns the
+        job as admitted (QUEUED when it was bound: the caller makes it the claim's) and
+        what bound it, if anything. Announces nothing: the caller wakes the assigners
+        for a queued job left unbound."""
+        [new], [event], flavor_names = self._decide_all(conn, [spec], now, actor, None)
+        flavor = flavor_names.get(new.flavor_id or 0, "")
+        sessions = sessions_for(spec) if new.state is JobState.QUEUED else []
+        if not sessions:
+            [job_id] = store.insert_jobs(conn, [new], now, [event])
+            return store.as_inserted(new, job_id, now, flavor=flavor), None
+        bound = store.insert_job_bound(
+            conn, new, event, now, session_ids=sessions, claim_event=claim_event
+        )
+        job = store.as_inserted(new, bound.job_id, now, flavor=flavor)
+        return job, bound if bound.execution_id is not None else None
+
+    def _decide_all(
+        self,
+        conn: Connection,
+        specs: Sequence[JobSpec],
+        now: datetime,
+        actor: str,
+        schedule_id: int | None,
+    ) -> tuple[list[store.NewJob], list[dict[str, Any]], dict[int, str]]:
+        """The rows to insert for ``specs``, their events (job ids still to fill in),
+        and the names of the flavors they may name, by id."""
         flavors = self._flavors.of_platforms(conn, {s.platform for s in specs})
         # Dedupe keys of jobs admitted earlier in this batch that are still unfinished.
         batch_keys: dict[str, int] = {}
@@ -88,17 +139,8 @@ class Admission:
             )
             for d in decisions
         ]
-        ids = store.insert_jobs(conn, new, now, events)
-        if wake and any(d.transition.target is JobState.QUEUED for d in decisions):
-            announce(conn, WAKE)  # any replica's runners may take them
-        if schedule_id is not None:
-            found = store.get_jobs(conn, ids)  # with the schedule's name
-            return [found[i] for i in ids]
         names = {i: f.name for platform in flavors.values() for i, f in platform}
-        return [
-            store.as_inserted(n, i, now, flavor=names.get(n.flavor_id or 0, ""))
-            for n, i in zip(new, ids, strict=True)
-        ]
+        return new, events, names
 
     def _decide(
         self,

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dispatcher.domain.errors import InvalidInput, LimitExceeded, NotFound
 from dispatcher.domain.model import Assignment, Job, JobEvent, JobFilter, JobSpec, Page
-from dispatcher.domain.states import CANCEL_WAITING, EXPIRE, QUEUE, JobState
+from dispatcher.domain.states import CANCEL_WAITING, CLAIM, EXPIRE, QUEUE, JobState
 from dispatcher.domain.validation import check_spec
 from dispatcher.lifecycle.admission import Admission
 from dispatcher.lifecycle.context import Context
@@ -143,15 +143,24 @@ class Jobs:
                     existing[index] = found
                     continue
             fresh.append((index, spec))
-        admitted = self._admission.admit(
-            conn, [spec for _, spec in fresh], now, actor=actor, wake=False
-        )
         assignments: list[Assignment] = []
-        if demands and any(job.state is JobState.QUEUED for job in admitted):
-            if all(d.queue_dry for d in demands):
-                assignments = self._bind_fresh(conn, demands, admitted, now)
-            else:
-                assignments = self._claim(conn, demands)
+        dry = bool(demands) and all(d.queue_dry for d in demands)
+        if (
+            dry
+            and len(fresh) == 1
+            and not fresh[0][1].coalesce_keys  # holds are taken before a bind
+            and store.binds_at_insert(conn)
+        ):
+            admitted, assignments = self._admit_one_bound(conn, fresh[0][1], demands, actor, now)
+        else:
+            admitted = self._admission.admit(
+                conn, [spec for _, spec in fresh], now, actor=actor, wake=False
+            )
+            if demands and any(job.state is JobState.QUEUED for job in admitted):
+                if dry:
+                    assignments = self._bind_fresh(conn, demands, admitted, now)
+                else:
+                    assignments = self._claim(conn, demands)
         bound = {a.job.id for a in assignments}
         if any(job.state is JobState.QUEUED and job.id not in bound for job in admitted):
             # Only what the hand-off left: a job already bound needs no other runner.
@@ -310,6 +319,33 @@ class Jobs:
             )
         return assignments
 
+    def _admit_one_bound(
+        self,
+        conn: Connection,
+        spec: JobSpec,
+        demands: Sequence[Demand],
+        actor: str,
+        now: datetime,
+    ) -> tuple[list[Job], list[Assignment]]:
+        """One job for idle sessions that found the queue dry (PostgreSQL): the job, its
+        event and its binding in one statement, an idle farm's whole path from submit
+        to assignment. The same rules as :meth:`_bind_fresh` for one job."""
+        job, bound = self._admission.admit_one_bound(
+            conn,
+            spec,
+            now,
+            actor=actor,
+            sessions_for=lambda spec: _sessions_taking(demands, spec),
+            claim_event=CLAIM.event,
+        )
+        if bound is None:
+            return [job], []
+        assert bound.execution_id is not None
+        assert bound.session_id is not None
+        assert bound.runner is not None
+        claimed = _claimed(Claim(job, bound.runner, bound.session_id), bound.execution_id, now)
+        return [job], [Assignment(bound.session_id, bound.execution_id, claimed)]
+
     def _bind_fresh(
         self, conn: Connection, demands: Sequence[Demand], admitted: Sequence[Job], now: datetime
     ) -> list[Assignment]:
@@ -394,6 +430,15 @@ class Jobs:
             return store.delete_finished_before(conn, cutoff, limit)
 
         return await self._ctx.db.run(work)
+
+
+def _sessions_taking(demands: Sequence[Demand], spec: JobSpec) -> list[int]:
+    """The sessions, in the order of ``demands``, that may take a job of ``spec``."""
+    return [
+        d.session_id
+        for d in demands
+        if d.slots > 0 and d.platform == spec.platform and spec.labels <= d.labels
+    ]
 
 
 def _claimed(claim: Claim, execution_id: int, now: datetime) -> Job:

@@ -33,6 +33,7 @@ from dispatcher.domain.states import (
     Transition,
 )
 from dispatcher.store import events as event_store
+from dispatcher.store import runners as runner_store
 from dispatcher.store.executions import insert_executions
 from dispatcher.store.sql import delta as _delta
 from dispatcher.store.sql import (
@@ -195,6 +196,114 @@ def _job_and_event_statement(columns: tuple[str, ...]) -> Any:
             ),
         )
         .returning(job_events.c.job_id)
+    )
+
+
+@dataclass(frozen=True)
+class BoundAtInsert:
+    """What :func:`insert_job_bound` made: the job and, when a session took it, its
+    first execution and the session's runner."""
+
+    job_id: int
+    execution_id: int | None
+    session_id: int | None
+    runner: str | None
+
+
+def binds_at_insert(conn: Connection) -> bool:
+    """Whether :func:`insert_job_bound` serves here: PostgreSQL, outside a block that
+    buffers events."""
+    return conn.dialect.name == "postgresql" and not event_store.buffering(conn)
+
+
+def insert_job_bound(
+    conn: Connection,
+    new: NewJob,
+    event: dict[str, Any],
+    now: datetime,
+    *,
+    session_ids: Sequence[int],
+    claim_event: str,
+) -> BoundAtInsert:
+    """PostgreSQL: INSERT a QUEUED job with its event and its labels and, in the same
+    statement, bind it to the first of ``session_ids`` that may take work (open, its
+    runner not in quarantine; held FOR KEY SHARE as :func:`lock_sessions_to_claim_for`
+    holds them): its first execution, the job BUILDING from the start, and a
+    ``claim_event`` after its submit event. No session ready: the job stays QUEUED.
+
+    An idle farm's submit is this one statement; the job never sits in the queue's
+    index. A job with coalesce keys takes holds first, so it goes the claim's way."""
+    if new.state is not JobState.QUEUED or new.spec.coalesce_keys:
+        raise ValueError("only a QUEUED job without coalesce keys is bound at its insert")
+    values = _job_values(new, now)
+    del values["state"]
+    params = {f"j_{name}": value for name, value in values.items()}
+    params.update((f"e_{name}", event.get(name)) for name in _EVENT_COLUMNS)
+    spec = new.spec
+    params.update(
+        session_ids=list(session_ids),
+        now=now,
+        claim_kind=claim_event,
+        deadline=now + spec.max_run if spec.max_run else None,
+        labels=sorted(spec.labels),
+    )
+    row = conn.execute(_bound_job_statement(tuple(values)), params).one()
+    return BoundAtInsert(row.job_id, row.execution_id, row.session_id, row.runner_name)
+
+
+@cache
+def _bound_job_statement(columns: tuple[str, ...]) -> Any:
+    # The ids come first, from the tables' sequences, so that the job can name its
+    # execution and the execution its job within one statement. Only names from the
+    # table definitions are formatted in.
+    sql = f"""
+    WITH ready AS MATERIALIZED ({runner_store.PG_SESSIONS_TO_CLAIM_FOR}),
+    chosen AS MATERIALIZED (
+        SELECT id, runner_name FROM ready
+        ORDER BY array_position(CAST(:session_ids AS BIGINT[]), id)
+        LIMIT 1
+    ), ids AS MATERIALIZED (
+        SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS job_id,
+               chosen.id AS session_id, chosen.runner_name,
+               CASE WHEN chosen.id IS NOT NULL
+                    THEN nextval(pg_get_serial_sequence('executions', 'id')) END AS execution_id
+        FROM (VALUES (1)) AS one LEFT JOIN chosen ON true
+    ), made AS (
+        INSERT INTO jobs (id, {", ".join(columns)}, state, attempt, current_execution_id)
+        SELECT job_id, {", ".join(f":j_{name}" for name in columns)},
+               CASE WHEN execution_id IS NULL THEN 'QUEUED' ELSE 'BUILDING' END,
+               CASE WHEN execution_id IS NULL THEN 0 ELSE 1 END,
+               execution_id
+        FROM ids
+    ), started AS (
+        INSERT INTO executions (id, job_id, number, runner_name, session_id, started_at,
+                                result, deadline_at)
+        SELECT execution_id, job_id, 1, runner_name, session_id, :now, '', :deadline
+        FROM ids WHERE execution_id IS NOT NULL
+    ), labelled AS (
+        INSERT INTO job_labels (job_id, label)
+        SELECT ids.job_id, label FROM ids, unnest(CAST(:labels AS VARCHAR[])) AS label
+    ), logged AS (
+        INSERT INTO job_events (job_id, execution_id, kind, from_state, to_state, actor,
+                                cause, at)
+        SELECT ids.job_id, e.execution_id, e.kind, e.from_state, e.to_state, e.actor,
+               e.cause, e.at
+        FROM ids CROSS JOIN LATERAL (VALUES
+            (1, CAST(:e_execution_id AS BIGINT), :e_kind, :e_from_state, :e_to_state,
+             :e_actor, :e_cause, :e_at),
+            (2, ids.execution_id, :claim_kind, 'QUEUED', 'BUILDING',
+             'runner:' || ids.runner_name, '', :now)
+        ) AS e(step, execution_id, kind, from_state, to_state, actor, cause, at)
+        WHERE e.step = 1 OR ids.execution_id IS NOT NULL
+        ORDER BY e.step
+    )
+    SELECT job_id, execution_id, session_id, runner_name FROM ids
+    """  # noqa: S608
+    return text(sql).bindparams(
+        *(bindparam(f"j_{name}", type_=_J[name].type) for name in columns),
+        *(bindparam(f"e_{name}", type_=job_events.c[name].type) for name in _EVENT_COLUMNS),
+        bindparam("now", type_=UtcDateTime()),
+        bindparam("deadline", type_=UtcDateTime()),
     )
 
 

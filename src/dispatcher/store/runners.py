@@ -14,11 +14,19 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 
 from dispatcher.domain.model import Runner, RunnerHello, RunnerState
-from dispatcher.store.tables import executions, jobs, replicas, runner_sessions, runners
+from dispatcher.store.tables import (
+    UtcDateTime,
+    executions,
+    jobs,
+    replicas,
+    runner_sessions,
+    runners,
+)
 
 _R = runners.c
 _S = runner_sessions.c
@@ -140,7 +148,21 @@ _CLAIMING_FOR = (
     )
     .order_by(_S.id)
 )
-_CLAIMING_FOR_LOCKED = _CLAIMING_FOR.with_for_update(key_share=True, read=True, of=runner_sessions)
+# The same sessions on PostgreSQL, with their runners' names, held FOR KEY SHARE in id
+# order; also the first step of the statement that inserts a job bound to one of them
+# (store/jobs.py). ``:session_ids`` is an array of ids.
+PG_SESSIONS_TO_CLAIM_FOR = """
+    SELECT runner_sessions.id, runner_sessions.runner_name
+    FROM runner_sessions JOIN runners ON runners.name = runner_sessions.runner_name
+    WHERE runner_sessions.id = ANY(CAST(:session_ids AS BIGINT[]))
+      AND runner_sessions.closed_at IS NULL
+      AND (runners.quarantined_until IS NULL OR runners.quarantined_until <= :now)
+    ORDER BY runner_sessions.id
+    FOR KEY SHARE OF runner_sessions
+"""
+_CLAIMING_FOR_LOCKED = text(PG_SESSIONS_TO_CLAIM_FOR).bindparams(
+    bindparam("now", type_=UtcDateTime())
+)
 
 
 def lock_sessions_to_claim_for(conn: Connection, session_ids: list[int], now: datetime) -> set[int]:
