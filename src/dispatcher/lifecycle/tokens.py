@@ -152,6 +152,12 @@ class Tokens:
             return
         self._remember(*found, asked_at)
 
+    async def settled(self) -> None:
+        """Wait for the re-reads in flight: their records of use are written when it
+        returns (a check that a call writes nothing starts from here)."""
+        while self._refreshes:
+            await asyncio.gather(*self._refreshes, return_exceptions=True)
+
     async def existing(self, token_ids: Iterable[int]) -> set[int]:
         """Which of these tokens still exist (read from the database, not remembered)."""
         wanted = sorted(set(token_ids))
