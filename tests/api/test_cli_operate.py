@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -40,6 +41,7 @@ def _watch(server_address: str, *args: str) -> subprocess.Popen[str]:  # noqa: F
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
 
 
@@ -50,7 +52,17 @@ def _line(process: subprocess.Popen[str]) -> str:
 
 def _interrupt(process: subprocess.Popen[str]) -> int:
     process.send_signal(signal.SIGINT)
-    code = process.wait(timeout=15)
+    try:
+        code = process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        # Say where it was stuck: its stack (faulthandler, on SIGABRT) and its stderr.
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        signals = [line for line in status.splitlines() if line.startswith("Sig")]
+        process.send_signal(signal.SIGABRT)
+        _, stderr = process.communicate(timeout=10)
+        raise AssertionError(
+            f"jobs watch did not end on Ctrl-C ({signals}); its stderr:\n{stderr}"
+        ) from None
     for stream in (process.stdout, process.stderr):
         if stream is not None:
             stream.close()
