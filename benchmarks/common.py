@@ -14,8 +14,8 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import grpc
 
 from dispatcher.v1 import admin_pb2, admin_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, types_pb2
 from tests.support.databases import DATABASE_PREFIX, provide_server
-from tests.support.tokens import RoleTokens, authenticated_channel
+from tests.support.tokens import RoleTokens
 
 PLATFORM = "bench/noop"
 
@@ -94,6 +94,44 @@ def spread(values: Sequence[float], fmt: str = "{:,.1f}", unit: str = "") -> str
     return f"{fmt.format(middle)} ({fmt.format(low)}-{fmt.format(high)}){unit}"
 
 
+# --- a client as the shipped ones are ----------------------------------------------
+
+
+class Client:
+    """One plain channel used the way dispatcher-runner and the CLI use theirs: every
+    call carries its role's token as metadata. (The tests' channels add it through a
+    client interceptor instead, which costs grpc.aio a task per call and a layer on
+    every stream read: the client's cost, not the dispatcher's.)"""
+
+    def __init__(self, address: str, tokens: RoleTokens) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.runner_metadata = (("authorization", f"Bearer {tokens.runner}"),)
+        self._admin = admin_pb2_grpc.AdminStub(self.channel)
+        self._admin_metadata = (("authorization", f"Bearer {tokens.admin}"),)
+
+    async def submit(self, spec: types_pb2.JobSpec) -> admin_pb2.SubmitJobResponse:
+        return await self._admin.SubmitJob(
+            admin_pb2.SubmitJobRequest(spec=spec), metadata=self._admin_metadata
+        )
+
+    async def submit_many(self, batch: Sequence[types_pb2.JobSpec]) -> admin_pb2.SubmitJobsResponse:
+        return await self._admin.SubmitJobs(
+            admin_pb2.SubmitJobsRequest(specs=batch), metadata=self._admin_metadata
+        )
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+
+@asynccontextmanager
+async def client(address: str, tokens: RoleTokens) -> AsyncIterator[Client]:
+    made = Client(address, tokens)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
 # --- no-op runner streams ---------------------------------------------------------
 
 
@@ -110,8 +148,14 @@ class RunnerPool:
     heartbeats its Welcome asks for, like a real runner. ``assigned`` maps a job id to
     ``clock()`` when its Assign arrived; ``finished`` counts acknowledged results."""
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.perf_counter,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
         self.clock = clock
+        # Sent with each Connect (a runner token), unless the channel adds its own.
+        self.metadata = metadata
         self.assigned: dict[int, float] = {}
         self.finished = 0
         self.welcomed = 0
@@ -186,7 +230,9 @@ class RunnerPool:
         """Run one Connect call until the server ends it; returns whether it was welcomed
         and why it ended. Closing the pool cancels it (after a Goodbye)."""
         # Any: grpc-stubs types neither a stream-stream call without an iterator nor EOF.
-        call: Any = scheduler_pb2_grpc.SchedulerStub(channel).Connect()  # type: ignore[call-arg]
+        call: Any = scheduler_pb2_grpc.SchedulerStub(channel).Connect(  # type: ignore[call-arg]
+            metadata=self.metadata
+        )
         beats: asyncio.Task[None] | None = None
         # One write at a time on a call (a second one fails): heartbeats and reports.
         writing = asyncio.Lock()
@@ -285,7 +331,7 @@ def specs(count: int) -> list[types_pb2.JobSpec]:
 
 
 async def submit_and_drain(
-    admin: admin_pb2_grpc.AdminAsyncStub, pool: RunnerPool, jobs: int, batch: int
+    admin: Client, pool: RunnerPool, jobs: int, batch: int
 ) -> tuple[float, list[float]]:
     """Submit ``jobs`` no-op jobs in batches of ``batch`` and wait until ``pool`` has
     reported every one, timed from the first submit to the last acknowledged result.
@@ -295,9 +341,7 @@ async def submit_and_drain(
     started = pool.clock()
     for offset in range(0, jobs, batch):
         before = pool.clock()
-        response = await admin.SubmitJobs(
-            admin_pb2.SubmitJobsRequest(specs=specs(min(batch, jobs - offset)))
-        )
+        response = await admin.submit_many(specs(min(batch, jobs - offset)))
         for result in response.results:
             submitted[result.job.id] = before
     async with asyncio.timeout(max(60.0, jobs / 50)):
@@ -311,11 +355,9 @@ async def throughput_run(
 ) -> tuple[float, float, float]:
     """The throughput workload on a fresh pool of ``runners`` streams of ``capacity``
     slots. Returns jobs/s and the submit->assign p50 and p99 in ms."""
-    async with authenticated_channel(address, tokens) as channel:
-        pool = RunnerPool()
-        await pool.connect(channel, runners, capacity)
-        rate, latencies = await submit_and_drain(
-            admin_pb2_grpc.AdminStub(channel), pool, jobs, batch
-        )
+    async with client(address, tokens) as admin:
+        pool = RunnerPool(metadata=admin.runner_metadata)
+        await pool.connect(admin.channel, runners, capacity)
+        rate, latencies = await submit_and_drain(admin, pool, jobs, batch)
         await pool.close()
     return rate, percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000

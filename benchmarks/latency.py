@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from benchmarks.common import (
     DATABASE_HELP,
     PLATFORM,
+    Client,
     RunnerPool,
+    client,
     database,
     percentile,
     shown,
@@ -38,9 +40,9 @@ from benchmarks.common import (
     submit_and_drain,
     workdir,
 )
-from dispatcher.v1 import admin_pb2, admin_pb2_grpc, types_pb2
+from dispatcher.v1 import types_pb2
 from tests.support.processes import dispatcher_server
-from tests.support.tokens import RoleTokens, authenticated_channel
+from tests.support.tokens import RoleTokens
 
 WARM_UP = 20
 # The background loop submits what is due this often, in one SubmitJobs call.
@@ -56,7 +58,7 @@ class RunFigures:
 
 
 async def idle_latencies(
-    admin: admin_pb2_grpc.AdminAsyncStub,
+    admin: Client,
     pool: RunnerPool,
     samples: int,
     pause: float,
@@ -67,7 +69,7 @@ async def idle_latencies(
     for i in range(warm_up + samples):
         finished = pool.finished + 1
         before = pool.clock()
-        response = await admin.SubmitJob(admin_pb2.SubmitJobRequest(spec=_spec()))
+        response = await admin.submit(_spec())
         async with asyncio.timeout(30.0):
             assigned = await pool.assign_of(response.job.id)
             await pool.until(lambda: pool.finished >= finished)  # noqa: B023 (awaited here)
@@ -78,7 +80,7 @@ async def idle_latencies(
 
 
 async def loaded_latencies(
-    admin: admin_pb2_grpc.AdminAsyncStub, pool: RunnerPool, samples: int, rate: float, every: float
+    admin: Client, pool: RunnerPool, samples: int, rate: float, every: float
 ) -> tuple[float, list[float]]:
     """Submit at ``rate`` jobs/s (tagged jobs included) while timing ``samples`` tagged
     jobs, one every ``every`` seconds. Returns the rate offered and the latencies."""
@@ -94,7 +96,7 @@ async def loaded_latencies(
             due = int(background_rate * (pool.clock() - started)) - sent
             if due > 0:
                 count = min(due, 1000)
-                await admin.SubmitJobs(admin_pb2.SubmitJobsRequest(specs=specs(count)))
+                await admin.submit_many(specs(count))
                 sent += count
             await asyncio.sleep(TICK_SECONDS)
 
@@ -104,7 +106,7 @@ async def loaded_latencies(
     for i in range(samples):
         await asyncio.sleep(max(0.0, started + i * every - pool.clock()))
         before = pool.clock()
-        response = await admin.SubmitJob(admin_pb2.SubmitJobRequest(spec=_spec()))
+        response = await admin.submit(_spec())
         tagged[response.job.id] = before
     stop.set()
     await loop
@@ -119,10 +121,9 @@ def _spec() -> types_pb2.JobSpec:
 
 
 async def one_run(address: str, tokens: RoleTokens, args: argparse.Namespace) -> RunFigures:
-    async with authenticated_channel(address, tokens) as channel:
-        admin = admin_pb2_grpc.AdminStub(channel)
-        pool = RunnerPool()
-        await pool.connect(channel, args.runners, args.capacity)
+    async with client(address, tokens) as admin:
+        pool = RunnerPool(metadata=admin.runner_metadata)
+        await pool.connect(admin.channel, args.runners, args.capacity)
         idle = await idle_latencies(admin, pool, args.samples, args.pause)
         peak = args.rate
         if peak is None:

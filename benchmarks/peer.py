@@ -43,11 +43,18 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
-from benchmarks.common import RunnerPool, database, percentile, spread, submit_and_drain, workdir
+from benchmarks.common import (
+    RunnerPool,
+    client,
+    database,
+    percentile,
+    spread,
+    submit_and_drain,
+    workdir,
+)
 from benchmarks.latency import idle_latencies
-from dispatcher.v1 import admin_pb2_grpc
 from tests.support.processes import dispatcher_server
-from tests.support.tokens import RoleTokens, authenticated_channel
+from tests.support.tokens import RoleTokens
 
 try:
     import procrastinate
@@ -183,10 +190,9 @@ async def procrastinate_side(dsn: str, work: Path, args: argparse.Namespace) -> 
 
 
 async def dispatcher_side(address: str, tokens: RoleTokens, args: argparse.Namespace) -> Side:
-    async with authenticated_channel(address, tokens) as channel:
-        admin = admin_pb2_grpc.AdminStub(channel)
-        pool = RunnerPool(clock=time.monotonic)
-        await pool.connect(channel, args.runners, args.capacity)
+    async with client(address, tokens) as admin:
+        pool = RunnerPool(clock=time.monotonic, metadata=admin.runner_metadata)
+        await pool.connect(admin.channel, args.runners, args.capacity)
         idle = await idle_latencies(admin, pool, args.samples, args.pause, args.warm_up)
         rate, _ = await submit_and_drain(admin, pool, args.jobs, args.batch)
         await pool.close()
