@@ -119,3 +119,19 @@ def test_a_claim_and_its_result_write_executions_moves_and_events(db: Database) 
     assert execution.finished_at == later
     assert kinds == [(ids[1], "claimed", execution_ids[0]), (ids[0], "claimed", execution_ids[1])]
     assert events[0].at == NOW
+
+
+def test_a_fence_tells_whether_its_job_holds_coalesce_keys(db: Database) -> None:
+    keyed = _spec(1)
+    plain = JobSpec(platform="linux/amd64", command=("true",))
+    with db.transaction() as conn:
+        ids = store.insert_jobs(
+            conn, [store.NewJob(keyed, JobState.QUEUED), store.NewJob(plain, JobState.QUEUED)], NOW
+        )
+        claims = [store.NewExecution(job_id, 1, "r", None, None, "runner:r") for job_id in ids]
+        execution_ids = store.claim_queued(conn, claims, NOW, event="claimed")
+        fences = report_store.fences(conn, execution_ids)
+    assert fences[execution_ids[0]].holds_keys is True
+    assert fences[execution_ids[1]].holds_keys is False
+    assert [fences[e].job_id for e in execution_ids] == ids
+    assert {fences[e].state for e in execution_ids} == {JobState.BUILDING}
