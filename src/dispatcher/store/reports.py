@@ -142,20 +142,35 @@ def fences(conn: Connection, execution_ids: Collection[int]) -> dict[int, Fence]
     if not execution_ids:
         return {}
     statement = _FENCES_FOR_UPDATE if conn.dialect.name == "postgresql" else _FENCES
-    rows: Any = conn.execute(statement, {"execution_ids": list(execution_ids)})
+    rows = conn.execute(statement, {"execution_ids": list(execution_ids)})
+    # By position, in the order of _FENCES: a Row read by column name cost more than
+    # the rest of deciding the report.
     return {
-        row.id: Fence(
-            job_id=row.job_id,
-            state=JobState(row.state),
-            current_execution_id=row.current_execution_id,
-            session_id=row.session_id,
-            finished=row.finished_at is not None,
-            accepted=row.accepted_at is not None,
-            others_wait=bool(row.others_wait),
-            holds_keys=bool(row.holds_keys),
+        execution_id: Fence(
+            job_id=job_id,
+            state=_JOB_STATES[state],
+            current_execution_id=current_execution_id,
+            session_id=session_id,
+            finished=finished_at is not None,
+            accepted=accepted_at is not None,
+            others_wait=bool(others_wait),
+            holds_keys=bool(holds_keys),
         )
-        for row in rows
+        for (
+            execution_id,
+            session_id,
+            finished_at,
+            accepted_at,
+            job_id,
+            state,
+            current_execution_id,
+            holds_keys,
+            others_wait,
+        ) in rows
     }
+
+
+_JOB_STATES = {state.value: state for state in JobState}
 
 
 _ACCEPT = (
