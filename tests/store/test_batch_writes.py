@@ -4,13 +4,15 @@ the ids handed back name the rows written, in order. SQLite takes its own path h
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
-from dispatcher.domain.model import JobSpec, RetryPolicy
+from dispatcher.domain.model import Flavor, JobSpec, RetryPolicy
 from dispatcher.domain.states import JobState, Outcome
 from dispatcher.store import events as event_store
+from dispatcher.store import flavors as flavor_store
 from dispatcher.store import jobs as store
 from dispatcher.store import reports as report_store
 from dispatcher.store.database import Database
@@ -119,3 +121,44 @@ def test_a_claim_and_its_result_write_executions_moves_and_events(db: Database) 
     assert execution.finished_at == later
     assert kinds == [(ids[1], "claimed", execution_ids[0]), (ids[0], "claimed", execution_ids[1])]
     assert events[0].at == NOW
+
+
+def test_a_fence_tells_whether_its_job_holds_coalesce_keys(db: Database) -> None:
+    keyed = _spec(1)
+    plain = JobSpec(platform="linux/amd64", command=("true",))
+    with db.transaction() as conn:
+        ids = store.insert_jobs(
+            conn, [store.NewJob(keyed, JobState.QUEUED), store.NewJob(plain, JobState.QUEUED)], NOW
+        )
+        claims = [store.NewExecution(job_id, 1, "r", None, None, "runner:r") for job_id in ids]
+        execution_ids = store.claim_queued(conn, claims, NOW, event="claimed")
+        fences = report_store.fences(conn, execution_ids)
+    assert fences[execution_ids[0]].holds_keys is True
+    assert fences[execution_ids[1]].holds_keys is False
+    assert [fences[e].job_id for e in execution_ids] == ids
+    assert {fences[e].state for e in execution_ids} == {JobState.BUILDING}
+
+
+def test_a_claim_reads_each_job_as_a_lookup_by_id_does(db: Database) -> None:
+    """The claim's statement names a job's flavor by a subquery, a lookup by id by a
+    join; both read every field the same."""
+    with db.transaction() as conn:
+        flavor = flavor_store.insert_flavor(
+            conn, Flavor("big-builder", "linux/amd64", frozenset({"big"})), NOW
+        )
+        ids = store.insert_jobs(
+            conn,
+            [
+                store.NewJob(_spec(n), JobState.QUEUED, info=f"waiting {n}", flavor_id=flavor)
+                for n in (1, 2)
+            ],
+            NOW,
+        )
+        conn.execute(update(jobs).where(jobs.c.id == ids[1]).values(failures=2, losses=1))
+        claimable = store.claimable_jobs(conn, "linux/amd64", frozenset({"big", "l1", "l2"}), 5)
+        by_id = store.get_jobs(conn, ids)
+    assert [job.id for job in claimable] == [ids[1], ids[0]]  # higher priority first
+    assert claimable == [by_id[ids[1]], by_id[ids[0]]]
+    job = claimable[0]
+    assert (job.flavor, job.info, job.failures, job.losses) == ("big-builder", "waiting 2", 2, 1)
+    assert job.spec == replace(_spec(2), not_before=NOW)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from dispatcher.api import convert
 from dispatcher.domain.model import Execution, Job, JobEvent, JobSpec, RetryPolicy
 from dispatcher.domain.states import JobState, OnLostPolicy, Outcome
-from dispatcher.v1 import types_pb2
+from dispatcher.v1 import scheduler_pb2, types_pb2
 
 AT = datetime(2026, 11, 23, 12, 30, 15, 250000, tzinfo=UTC)
 
@@ -129,3 +129,32 @@ def test_a_waiting_job_has_no_end_time_nor_execution() -> None:
     assert not wire.HasField("raw")
     assert wire.current_execution_id == 0
     assert wire.spec.not_before.ToDatetime(UTC) == AT
+
+
+def test_an_assign_carries_the_job_as_a_job_of_its_own_would() -> None:
+    job = Job(
+        id=8,
+        spec=FULL_SPEC,
+        state=JobState.BUILDING,
+        info="",
+        attempt=3,
+        current_execution_id=21,
+        duplicate_of=None,
+        created_at=AT,
+        updated_at=AT + timedelta(seconds=1),
+        finished_at=None,
+        runner="r2",
+        flavor="big-linux",
+    )
+    response = scheduler_pb2.ConnectResponse()
+    convert.fill_job(response.assign.job, job)
+    assert response.WhichOneof("message") == "assign"
+    assert response.assign.job == convert.job_to_proto(job)
+    wire = scheduler_pb2.ConnectResponse.FromString(response.SerializeToString()).assign.job
+    assert (wire.id, wire.state, wire.attempt, wire.runner) == (
+        8,
+        types_pb2.JOB_STATE_BUILDING,
+        3,
+        "r2",
+    )
+    assert convert.spec_from_proto(wire.spec) == FULL_SPEC

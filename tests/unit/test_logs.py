@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -40,6 +41,25 @@ def test_json_lines_carry_the_context(restore_logging: None) -> None:
     assert first["time"].endswith("+00:00")
     assert "job_id" not in second
     assert "ValueError: boom" in second["exception"]
+
+
+@pytest.mark.parametrize(
+    "created", [1_795_000_000.0, 1_795_000_000.0429, 1_795_000_000.999, 1_795_000_001.5]
+)
+def test_json_time_is_the_record_time_in_utc_to_the_millisecond(created: float) -> None:
+    formatter = logs.JsonFormatter()
+    record = logging.LogRecord("dispatcher.test", logging.INFO, "", 0, "m", None, None)
+    record.created = created
+    record.msecs = int((created - int(created)) * 1000) + 0.0
+    shown = json.loads(formatter.format(record))["time"]
+    expected = datetime.fromtimestamp(int(created), UTC) + timedelta(milliseconds=record.msecs)
+    assert shown == expected.isoformat(timespec="milliseconds")
+    # The same second again, and the next one: each line shows its own time.
+    later = logging.LogRecord("dispatcher.test", logging.INFO, "", 0, "m", None, None)
+    later.created, later.msecs = int(created) + 1.25, 250.0
+    assert json.loads(formatter.format(later))["time"] == (
+        datetime.fromtimestamp(int(created) + 1, UTC) + timedelta(milliseconds=250)
+    ).isoformat(timespec="milliseconds")
 
 
 def test_text_lines_name_the_context(restore_logging: None) -> None:

@@ -327,7 +327,18 @@ def _fill_spec(out: types_pb2.JobSpec, spec: JobSpec) -> None:
 
 
 def job_to_proto(job: Job) -> types_pb2.Job:
-    out = types_pb2.Job(id=job.id, state=_JOB_STATE_PB[job.state], attempt=job.attempt)
+    out = types_pb2.Job()
+    fill_job(out, job)
+    return out
+
+
+def fill_job(out: types_pb2.Job, job: Job) -> None:
+    """Write ``job`` into ``out``, a message of its own or a field of another: a message
+    given to a constructor is copied, and every Assign carries a job."""
+    out.id = job.id
+    out.state = _JOB_STATE_PB[job.state]
+    if job.attempt:
+        out.attempt = job.attempt
     _fill_spec(out.spec, job.spec)
     if job.info:
         out.info = job.info
@@ -357,7 +368,6 @@ def job_to_proto(job: Job) -> types_pb2.Job:
         out.losses = job.losses
     if job.raw:
         out.raw.update(dict(job.raw))
-    return out
 
 
 def execution_to_proto(execution: Execution) -> types_pb2.Execution:

@@ -155,11 +155,12 @@ async def _guard(work: Awaitable[None], session: LiveSession, errors: list[str])
 
 def _to_proto(message: Outgoing) -> scheduler_pb2.ConnectResponse:
     if isinstance(message, Assignment):
-        return scheduler_pb2.ConnectResponse(
-            assign=scheduler_pb2.Assign(
-                execution_id=message.execution_id, job=convert.job_to_proto(message.job)
-            )
-        )
+        # Filled in place: a job handed to the constructors would be copied twice over.
+        response = scheduler_pb2.ConnectResponse()
+        assign = response.assign
+        assign.execution_id = message.execution_id
+        convert.fill_job(assign.job, message.job)
+        return response
     if isinstance(message, CancelOrder):
         return scheduler_pb2.ConnectResponse(
             cancel=scheduler_pb2.Cancel(execution_id=message.execution_id, reason=message.reason)

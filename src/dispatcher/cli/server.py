@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from pathlib import Path
 
@@ -77,10 +78,27 @@ def serve(
         migrate_on_start=migrate_on_start,
     )
     logs.configure(settings.log_format, logging.DEBUG if verbose else logging.INFO)
+    _tune_gc()
     try:
         asyncio.run(run(settings))
     except DispatcherError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# Containers allocated, less those freed, before a young collection. Every job moves
+# through short-lived rows, dataclasses and protobuf messages by the dozen; at the default
+# (700) a busy server spent about 7% of its CPU collecting, most of it on objects that
+# would have died a moment later.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """Fewer, cheaper collections for a long-running server: what the imports built
+    (modules, tables, compiled statements, descriptors) lives as long as the process, so
+    it is moved out of the collector's sight, and the young generation is let grow."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 @click.command()

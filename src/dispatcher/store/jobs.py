@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from json.encoder import encode_basestring_ascii
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Result,
     Row,
     and_,
     bindparam,
@@ -392,53 +394,174 @@ def _job_query() -> Any:
     )
 
 
+# What to_job reads, by column name, in the order _job_from takes them.
+_JOB_FIELDS = (
+    "id",
+    "queue",
+    "platform",
+    "labels",
+    "command",
+    "payload",
+    "priority",
+    "not_before",
+    "coalesce_keys",
+    "dedupe_key",
+    "idempotency_key",
+    "origin_time",
+    "distributor",
+    "on_lost",
+    "retry_max_attempts",
+    "retry_initial_delay_seconds",
+    "retry_multiplier",
+    "retry_max_delay_seconds",
+    "retry_max_lost",
+    "subject",
+    "process",
+    "failure_backoff_seconds",
+    "max_wait_seconds",
+    "max_run_seconds",
+    "state",
+    "info",
+    "attempt",
+    "current_execution_id",
+    "duplicate_of",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "cancel_requested_at",
+    "failures",
+    "losses",
+    "raw",
+    "runner_name",
+    "flavor_name",
+    "schedule_name",
+)
+
+
+@cache
+def _job_picker(keys: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """Picks to_job's values out of a row whose columns are named ``keys``, by position:
+    a claim reads every column of every job it binds, and reading a Row by name cost
+    more than making the Job. One picker per shape of statement."""
+    return itemgetter(*(keys.index(name) for name in _JOB_FIELDS))
+
+
 def to_job(row: Row[Any]) -> Job:
-    m = row._mapping
-    spec = JobSpec(
-        platform=m["platform"],
-        command=tuple(m["command"]),
-        queue=m["queue"],
-        labels=frozenset(m["labels"]),
-        payload=bytes(m["payload"]),
-        priority=m["priority"],
-        not_before=m["not_before"],
-        coalesce_keys=frozenset(m["coalesce_keys"]),
-        dedupe_key=m["dedupe_key"] or "",
-        idempotency_key=m["idempotency_key"] or "",
-        origin_time=m["origin_time"],
-        distributor=m["distributor"],
-        on_lost=OnLostPolicy(m["on_lost"]),
-        retry=RetryPolicy(
-            max_attempts=m["retry_max_attempts"],
-            initial_delay=timedelta(seconds=m["retry_initial_delay_seconds"]),
-            multiplier=m["retry_multiplier"],
-            max_delay=timedelta(seconds=m["retry_max_delay_seconds"]),
-            max_lost=m["retry_max_lost"],
-        ),
-        subject=m["subject"],
-        process=m["process"],
-        failure_backoff=_delta(m["failure_backoff_seconds"]),
-        max_wait=_delta(m["max_wait_seconds"]),
-        max_run=_delta(m["max_run_seconds"]),
+    return _job_from(_job_picker(tuple(row._fields))(row))
+
+
+def to_jobs(rows: Result[Any]) -> list[Job]:
+    """:func:`to_job` of every row of a result, its columns looked up once."""
+    pick = _job_picker(tuple(rows.keys()))
+    return [_job_from(pick(row)) for row in rows]
+
+
+_JOB_STATES = {state.value: state for state in JobState}
+_ON_LOST = {policy.value: policy for policy in OnLostPolicy}
+
+
+@lru_cache(maxsize=256)
+def _retry_policy(
+    max_attempts: int, initial_delay: float, multiplier: float, max_delay: float, max_lost: int
+) -> RetryPolicy:
+    # Shared between jobs (it is frozen): nearly every job has one of a few policies.
+    return RetryPolicy(
+        max_attempts=max_attempts,
+        initial_delay=timedelta(seconds=initial_delay),
+        multiplier=multiplier,
+        max_delay=timedelta(seconds=max_delay),
+        max_lost=max_lost,
     )
+
+
+def _job_from(values: tuple[Any, ...]) -> Job:
+    (
+        job_id,
+        queue,
+        platform,
+        labels,
+        command,
+        payload,
+        priority,
+        not_before,
+        coalesce_keys,
+        dedupe_key,
+        idempotency_key,
+        origin_time,
+        distributor,
+        on_lost,
+        retry_max_attempts,
+        retry_initial_delay_seconds,
+        retry_multiplier,
+        retry_max_delay_seconds,
+        retry_max_lost,
+        subject,
+        process,
+        failure_backoff_seconds,
+        max_wait_seconds,
+        max_run_seconds,
+        state,
+        info,
+        attempt,
+        current_execution_id,
+        duplicate_of,
+        created_at,
+        updated_at,
+        finished_at,
+        cancel_requested_at,
+        failures,
+        losses,
+        raw,
+        runner_name,
+        flavor_name,
+        schedule_name,
+    ) = values
+    spec = JobSpec(
+        platform=platform,
+        command=tuple(command),
+        queue=queue,
+        labels=frozenset(labels),
+        payload=bytes(payload),
+        priority=priority,
+        not_before=not_before,
+        coalesce_keys=frozenset(coalesce_keys),
+        dedupe_key=dedupe_key or "",
+        idempotency_key=idempotency_key or "",
+        origin_time=origin_time,
+        distributor=distributor,
+        on_lost=_ON_LOST[on_lost],
+        retry=_retry_policy(
+            retry_max_attempts,
+            retry_initial_delay_seconds,
+            retry_multiplier,
+            retry_max_delay_seconds,
+            retry_max_lost,
+        ),
+        subject=subject,
+        process=process,
+        failure_backoff=_delta(failure_backoff_seconds),
+        max_wait=_delta(max_wait_seconds),
+        max_run=_delta(max_run_seconds),
+    )
+    job_state = _JOB_STATES[state]
     return Job(
-        id=m["id"],
+        id=job_id,
         spec=spec,
-        state=JobState(m["state"]),
-        info=m["info"],
-        attempt=m["attempt"],
-        current_execution_id=m["current_execution_id"],
-        duplicate_of=m["duplicate_of"],
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
-        finished_at=m["finished_at"],
-        runner=(m["runner_name"] or "") if m["state"] == JobState.BUILDING else "",
-        cancel_requested=m["cancel_requested_at"] is not None,
-        flavor=m["flavor_name"] or "",
-        schedule=m["schedule_name"] or "",
-        failures=m["failures"],
-        losses=m["losses"],
-        raw=m["raw"],
+        state=job_state,
+        info=info,
+        attempt=attempt,
+        current_execution_id=current_execution_id,
+        duplicate_of=duplicate_of,
+        created_at=created_at,
+        updated_at=updated_at,
+        finished_at=finished_at,
+        runner=(runner_name or "") if job_state is JobState.BUILDING else "",
+        cancel_requested=cancel_requested_at is not None,
+        flavor=flavor_name or "",
+        schedule=schedule_name or "",
+        failures=failures,
+        losses=losses,
+        raw=raw,
     )
 
 
@@ -456,8 +579,8 @@ def get_jobs(conn: Connection, job_ids: Iterable[int]) -> dict[int, Job]:
     ids = list(job_ids)
     if not ids:
         return {}  # the due sweep's usual case: nothing due, no query to build
-    rows = conn.execute(_job_query().where(_J.id.in_(ids))).all()
-    return {job.id: job for job in map(to_job, rows)}
+    rows = conn.execute(_job_query().where(_J.id.in_(ids)))
+    return {job.id: job for job in to_jobs(rows)}
 
 
 def list_jobs(conn: Connection, flt: JobFilter, *, before_id: int | None, limit: int) -> list[Job]:
@@ -484,7 +607,7 @@ def list_jobs(conn: Connection, flt: JobFilter, *, before_id: int | None, limit:
     if before_id is not None:
         conds.append(_J.id < before_id)
     rows = conn.execute(query.where(and_(True, *conds)).order_by(_J.id.desc()).limit(limit))
-    return [to_job(r) for r in rows]
+    return to_jobs(rows)
 
 
 def coalesce_blocked() -> Any:
@@ -543,7 +666,7 @@ def claimable_jobs(
     grow with the length of the queue."""
     query = _CLAIMABLE_SKIP_LOCKED if conn.dialect.name == "postgresql" else _CLAIMABLE
     params = {"platform": platform, "runner_labels": sorted(labels), "slots": limit}
-    return [to_job(row) for row in conn.execute(query, params)]
+    return to_jobs(conn.execute(query, params))
 
 
 _ANY_QUEUED = select(_J.id).where(_J.state == JobState.QUEUED.value).limit(1)

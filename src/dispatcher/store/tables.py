@@ -45,13 +45,25 @@ metadata = MetaData(
 def sqlite_time(value: datetime | None) -> str | None:
     """A time as SQLite stores it: naive UTC text, what UtcDateTime writes and reads. For
     the hot statements that hand SQLite plain rows (store/sql.py)."""
+    global _last_written
     if value is None:
         return None
+    # A batch writes one "now" into every row (events, moves, ends): the same object.
+    written = _last_written
+    if value is written[0]:
+        return written[1]
     if value.tzinfo is UTC:  # nearly always: skip the conversion
-        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-    if value.tzinfo is None:
+        text = value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    elif value.tzinfo is None:
         raise ValueError("naive datetime given to the store; use an aware UTC time")
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    else:
+        text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    # One tuple, replaced whole: threads running transactions read a consistent pair.
+    _last_written = (value, text)
+    return text
+
+
+_last_written: tuple[datetime | None, str] = (None, "")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -87,8 +99,19 @@ class UtcDateTime(TypeDecorator[datetime]):
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
 
+        # The last text read and its time: the jobs of one submit share their times, and
+        # a claim reads them one after another. One tuple, replaced whole (threads).
+        last: tuple[str | None, datetime | None] = (None, None)
+
         def process(value: str | None) -> datetime | None:
-            return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+            nonlocal last
+            if value is None:
+                return None
+            text, at = last
+            if value != text:
+                at = datetime.fromisoformat(value).replace(tzinfo=UTC)
+                last = (value, at)
+            return at
 
         return process
 
