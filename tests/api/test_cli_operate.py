@@ -42,7 +42,14 @@ def _watch(server_address: str, *args: str) -> subprocess.Popen[str]:  # noqa: F
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        # A test run started in the background of a shell ignores SIGINT, and a child
+        # inherits that: the Ctrl-C below would never reach it.
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _line(process: subprocess.Popen[str]) -> str:
