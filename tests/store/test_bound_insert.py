@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, event, select
 
 from dispatcher.domain.model import JobSpec, RunnerHello, RunnerState
 from dispatcher.domain.states import CLAIM, SUBMIT_QUEUED, JobState
@@ -126,3 +126,38 @@ def test_with_no_session_that_may_take_work_the_job_waits_in_the_queue(db: Datab
 def test_sqlite_has_no_bound_insert(db: Database) -> None:
     with db.transaction() as conn:
         assert store.binds_at_insert(conn) is (conn.dialect.name == "postgresql")
+
+
+@POSTGRESQL
+def test_each_connection_prepares_the_statement_once_and_keeps_it(db: Database) -> None:
+    """Prepared once per connection: later transactions, one rolled back among them,
+    only EXECUTE it; a new connection (the pool's were dropped) prepares it again."""
+    seen: list[str] = []
+    connections: set[int] = set()
+
+    def record(conn: Connection, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement.split(" ", 1)[0])
+        connections.add(id(conn.connection.dbapi_connection))
+
+    with db.transaction() as conn:
+        session_id = _session(conn, "r1")
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        ids = []
+        for rollback in (False, True, False):
+            with db.engine.connect() as conn, conn.begin() as transaction:
+                ids.append(_insert(conn, [session_id]).job_id)
+                if rollback:
+                    transaction.rollback()
+        assert seen.count("PREPARE") == len(connections) == 1
+        db.engine.dispose()
+        with db.transaction() as conn:
+            ids.append(_insert(conn, [session_id]).job_id)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert seen.count("PREPARE") == 2
+    assert seen.count("EXECUTE") == 4
+    with db.transaction() as conn:
+        found = store.get_jobs(conn, ids)
+    assert sorted(found) == sorted([ids[0], ids[2], ids[3]])  # the rolled back one is gone
+    assert {job.state for job in found.values()} == {JobState.BUILDING}

@@ -39,6 +39,7 @@ from dispatcher.store import runners as runner_store
 from dispatcher.store.executions import insert_executions
 from dispatcher.store.sql import delta as _delta
 from dispatcher.store.sql import (
+    execute_prepared,
     insert_ignoring_conflicts,
     sqlite_execute_rows,
     sqlite_insert_rows,
@@ -249,7 +250,7 @@ def insert_job_bound(
         deadline=now + spec.max_run if spec.max_run else None,
         labels=sorted(spec.labels),
     )
-    row = conn.execute(_bound_job_statement(tuple(values)), params).one()
+    row = execute_prepared(conn, _bound_job_statement(tuple(values)), params).one()
     return BoundAtInsert(row.job_id, row.execution_id, row.session_id, row.runner_name)
 
 
