@@ -122,7 +122,11 @@ def execute_prepared(
     conn: Connection, statement: TextClause, params: dict[str, Any]
 ) -> CursorResult[Any]:
     """Run ``statement`` (a text() whose parameters are typed where the SQL does not
-    cast them) as a prepared statement of this PostgreSQL connection."""
+    cast them) as a prepared statement of this PostgreSQL connection. psycopg2 only,
+    whose parameters are written into the EXECUTE: a driver that binds them on the
+    server (psycopg 3) cannot give EXECUTE parameters, and runs ``statement`` as is."""
+    if conn.dialect.driver != "psycopg2":
+        return conn.execute(statement, params)
     prepared = _prepared(statement, conn.dialect)
     known: set[str] = conn.connection.info.setdefault(_PREPARED_KEY, set())
     if prepared.name not in known:
