@@ -370,8 +370,7 @@ class Jobs:
                     (
                         job
                         for job in waiting
-                        if job.spec.platform == demand.platform
-                        and job.spec.labels <= demand.labels
+                        if _may_take(demand, job.spec)
                         and store.acquire_coalesce_holds(conn, job.id, job.spec.coalesce_keys)
                     ),
                     None,
@@ -434,11 +433,12 @@ class Jobs:
 
 def _sessions_taking(demands: Sequence[Demand], spec: JobSpec) -> list[int]:
     """The sessions, in the order of ``demands``, that may take a job of ``spec``."""
-    return [
-        d.session_id
-        for d in demands
-        if d.slots > 0 and d.platform == spec.platform and spec.labels <= d.labels
-    ]
+    return [d.session_id for d in demands if d.slots > 0 and _may_take(d, spec)]
+
+
+def _may_take(demand: Demand, spec: JobSpec) -> bool:
+    """SPEC §5.1: the runner's platform, and the job's labels a subset of the runner's."""
+    return demand.platform == spec.platform and spec.labels <= demand.labels
 
 
 def _claimed(claim: Claim, execution_id: int, now: datetime) -> Job:

@@ -174,9 +174,16 @@ _EVENT_COLUMNS = ("execution_id", "kind", "from_state", "to_state", "actor", "ca
 
 def _insert_job_and_event(conn: Connection, values: dict[str, Any], event: dict[str, Any]) -> int:
     """INSERT the job, and its event from the id it got, in one statement (a CTE)."""
+    params = _job_and_event_params(values, event)
+    return int(conn.execute(_job_and_event_statement(tuple(values)), params).scalar_one())
+
+
+def _job_and_event_params(values: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """A job's values as ``j_<column>`` and its event's as ``e_<column>``: the parameters
+    of the statements that write both at once."""
     params = {f"j_{name}": value for name, value in values.items()}
     params.update((f"e_{name}", event.get(name)) for name in _EVENT_COLUMNS)
-    return int(conn.execute(_job_and_event_statement(tuple(values)), params).scalar_one())
+    return params
 
 
 @cache
@@ -240,8 +247,7 @@ def insert_job_bound(
         raise ValueError("only a QUEUED job without coalesce keys is bound at its insert")
     values = _job_values(new, now)
     del values["state"]
-    params = {f"j_{name}": value for name, value in values.items()}
-    params.update((f"e_{name}", event.get(name)) for name in _EVENT_COLUMNS)
+    params = _job_and_event_params(values, event)
     spec = new.spec
     params.update(
         session_ids=list(session_ids),
