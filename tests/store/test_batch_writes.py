@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import delete, select, update
 
 from dispatcher.domain.model import Flavor, JobSpec, RetryPolicy
@@ -162,3 +163,80 @@ def test_a_claim_reads_each_job_as_a_lookup_by_id_does(db: Database) -> None:
     job = claimable[0]
     assert (job.flavor, job.info, job.failures, job.losses) == ("big-builder", "waiting 2", 2, 1)
     assert job.spec == replace(_spec(2), not_before=NOW)
+
+
+# What a batch's text must carry unchanged: PostgreSQL gets each column as the text of
+# one array (store/sql.py), where quotes, backslashes, braces, commas and the word NULL
+# mean something.
+AWKWARD = [
+    'say "hi"',
+    "C:\\path\\to\\",
+    "{a,b}",
+    "NULL",
+    "",
+    " spaced ",
+    "x,y",
+    "emoji \U0001f680 and ümlaut",
+    "\\x41",
+]
+
+
+def _awkward_spec(n: int, text: str) -> JobSpec:
+    return JobSpec(
+        platform="linux/amd64",
+        command=(text, f"{text}-{n}"),
+        labels=frozenset({text or "empty", f"l{n}"}),
+        payload=text.encode() + bytes([0, 92, 34, 255]),
+        coalesce_keys=frozenset({f"{text}-key"}),
+        subject=text,
+        not_before=NOW + timedelta(microseconds=n),
+    )
+
+
+def _write_awkward(db: Database) -> tuple[list[int], dict[int, list[tuple[str, str]]]]:
+    specs = [_awkward_spec(n, text) for n, text in enumerate(AWKWARD)]
+    events = [
+        {"kind": "submitted", "to_state": "QUEUED", "actor": text or "-", "cause": text, "at": NOW}
+        for text in AWKWARD
+    ]
+    with db.transaction() as conn:
+        ids = store.insert_jobs(
+            conn, [store.NewJob(s, JobState.QUEUED, info=s.subject) for s in specs], NOW, events
+        )
+    with db.transaction() as conn:
+        logged = {
+            job_id: [(e.actor, e.cause) for e in event_store.events_of(conn, job_id)]
+            for job_id in ids
+        }
+    return ids, logged
+
+
+def _check_awkward(db: Database, ids: list[int], logged: dict[int, list[tuple[str, str]]]) -> None:
+    assert ids == sorted(ids)
+    with db.transaction() as conn:
+        read = store.get_jobs(conn, ids)
+        event_ids = [e.id for job_id in ids for e in event_store.events_of(conn, job_id)]
+    for n, (job_id, text) in enumerate(zip(ids, AWKWARD, strict=True)):
+        job = read[job_id]
+        spec = _awkward_spec(n, text)
+        assert job.spec.command == spec.command
+        assert job.spec.labels == spec.labels
+        assert job.spec.payload == spec.payload
+        assert job.spec.coalesce_keys == spec.coalesce_keys
+        assert job.spec.subject == text
+        assert job.spec.not_before == spec.not_before
+        assert job.info == text
+        assert logged[job_id] == [(text or "-", text)]
+    # One event per job, written in the order of the jobs.
+    assert event_ids == sorted(event_ids)
+
+
+def test_awkward_text_in_a_batch_reads_back_as_given(db: Database) -> None:
+    ids, logged = _write_awkward(db)
+    _check_awkward(db, ids, logged)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_awkward_text_in_a_batch_reads_back_through_each_driver(db_of_driver: Database) -> None:
+    ids, logged = _write_awkward(db_of_driver)
+    _check_awkward(db_of_driver, ids, logged)

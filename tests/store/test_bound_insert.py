@@ -5,11 +5,10 @@ of the binding when no session may take work."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Connection, event, make_url, select
+from sqlalchemy import Connection, event, select
 
 from dispatcher.domain.model import JobSpec, RunnerHello, RunnerState
 from dispatcher.domain.states import CLAIM, SUBMIT_QUEUED, JobState
@@ -47,18 +46,6 @@ def _insert(conn: Connection, session_ids: list[int]) -> store.BoundAtInsert:
         session_ids=session_ids,
         claim_event=CLAIM.event,
     )
-
-
-@pytest.fixture(params=["psycopg2", "psycopg"])
-def db_of_driver(request: pytest.FixtureRequest, database_url: str) -> Iterator[Database]:
-    """The tests' database through each PostgreSQL driver: psycopg2 runs the statement
-    prepared, psycopg (3) as it is."""
-    url = make_url(database_url).set(drivername=f"postgresql+{request.param}")
-    database = Database(url.render_as_string(hide_password=False))
-    try:
-        yield database
-    finally:
-        database.close()
 
 
 @POSTGRESQL

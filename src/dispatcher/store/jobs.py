@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Dialect,
     Result,
     Row,
     and_,
@@ -19,7 +20,6 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    insert,
     null,
     or_,
     select,
@@ -41,6 +41,10 @@ from dispatcher.store.sql import delta as _delta
 from dispatcher.store.sql import (
     execute_prepared,
     insert_ignoring_conflicts,
+    pg_array,
+    pg_array_of,
+    pg_time,
+    pg_value_of,
     sqlite_execute_rows,
     sqlite_insert_rows,
     sqlite_insert_sql,
@@ -115,40 +119,21 @@ def insert_jobs(
 ) -> list[int]:
     """Insert jobs and return their ids, in order: one statement for the whole batch.
     ``events``: one audit event per job (its job_id filled in here), written with them;
-    on PostgreSQL a single job and its event are one statement (an idle submit's path)."""
+    on PostgreSQL in the same statement as the jobs, their labels and keys."""
     if not new:
         return []
     if conn.dialect.name == "sqlite":
         ids = _insert_jobs_sqlite(conn, new, now)
-    elif len(new) == 1 and events and not event_store.buffering(conn):
-        ids = [_insert_job_and_event(conn, _job_values(new[0], now), events[0])]
-        events = None
-        _insert_labels_and_keys(conn, ids, new)
     else:
-        ids = list(conn.execute(_INSERT_JOBS, [_job_values(job, now) for job in new]).scalars())
-        _insert_labels_and_keys(conn, ids, new)
+        logged = events if events and not event_store.buffering(conn) else None
+        ids = _insert_jobs_postgresql(conn, new, now, logged)
+        if logged:
+            events = None
     if events:
         event_store.insert_events(
             conn, [{**event, "job_id": i} for i, event in zip(ids, events, strict=True)]
         )
     return ids
-
-
-def _insert_labels_and_keys(conn: Connection, ids: Sequence[int], new: Sequence[NewJob]) -> None:
-    labels = [
-        {"job_id": i, "label": label}
-        for i, job in zip(ids, new, strict=True)
-        for label in sorted(job.spec.labels)
-    ]
-    if labels:
-        conn.execute(insert(job_labels), labels)
-    keys = [
-        {"job_id": i, "key": key}
-        for i, job in zip(ids, new, strict=True)
-        for key in sorted(job.spec.coalesce_keys)
-    ]
-    if keys:
-        conn.execute(insert(job_coalesce_keys), keys)
 
 
 def _job_values(job: NewJob, now: datetime) -> dict[str, Any]:
@@ -172,41 +157,12 @@ def _job_values(job: NewJob, now: datetime) -> dict[str, Any]:
 _EVENT_COLUMNS = ("execution_id", "kind", "from_state", "to_state", "actor", "cause", "at")
 
 
-def _insert_job_and_event(conn: Connection, values: dict[str, Any], event: dict[str, Any]) -> int:
-    """INSERT the job, and its event from the id it got, in one statement (a CTE)."""
-    params = _job_and_event_params(values, event)
-    return int(conn.execute(_job_and_event_statement(tuple(values)), params).scalar_one())
-
-
 def _job_and_event_params(values: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     """A job's values as ``j_<column>`` and its event's as ``e_<column>``: the parameters
     of the statements that write both at once."""
     params = {f"j_{name}": value for name, value in values.items()}
     params.update((f"e_{name}", event.get(name)) for name in _EVENT_COLUMNS)
     return params
-
-
-@cache
-def _job_and_event_statement(columns: tuple[str, ...]) -> Any:
-    # Built once per set of columns: building and caching a statement this size on
-    # every submit cost more than the round trip it saves.
-    made = (
-        insert(jobs)
-        .values({name: bindparam(f"j_{name}", type_=_J[name].type) for name in columns})
-        .returning(_J.id)
-        .cte("made")
-    )
-    return (
-        insert(job_events)
-        .from_select(
-            ["job_id", *_EVENT_COLUMNS],
-            select(
-                made.c.id,
-                *(bindparam(f"e_{n}", type_=job_events.c[n].type) for n in _EVENT_COLUMNS),
-            ),
-        )
-        .returning(job_events.c.job_id)
-    )
 
 
 @dataclass(frozen=True)
@@ -317,10 +273,10 @@ def _bound_job_statement(columns: tuple[str, ...]) -> Any:
 
 
 # Job columns SQLite stores as text: times (sqlite_time) and JSON lists of strings.
-_SQLITE_TIMES = frozenset(
+_TIME_COLUMNS = frozenset(
     {"not_before", "origin_time", "created_at", "updated_at", "finished_at", "expires_at"}
 )
-_SQLITE_JSON = frozenset({"labels", "command", "coalesce_keys"})
+_JSON_COLUMNS = frozenset({"labels", "command", "coalesce_keys"})
 
 
 def _json_strings(items: Iterable[str]) -> str:
@@ -329,9 +285,9 @@ def _json_strings(items: Iterable[str]) -> str:
 
 
 def _sqlite_value(column: str, value: Any) -> Any:
-    if column in _SQLITE_TIMES:
+    if column in _TIME_COLUMNS:
         return sqlite_time(value)
-    if column in _SQLITE_JSON:
+    if column in _JSON_COLUMNS:
         return _json_strings(value)
     return value
 
@@ -354,6 +310,99 @@ def _insert_jobs_sqlite(conn: Connection, new: Sequence[NewJob], now: datetime) 
     return ids
 
 
+def _insert_jobs_postgresql(
+    conn: Connection,
+    new: Sequence[NewJob],
+    now: datetime,
+    events: Sequence[dict[str, Any]] | None,
+) -> list[int]:
+    """:func:`insert_jobs` on PostgreSQL: the jobs, their labels, coalesce keys and
+    ``events`` in one statement, each column one array (store/sql.py)."""
+    values = [_job_values(job, now) for job in new]
+    columns = tuple(values[0])
+    params = {name: pg_array(_pg_column(name, [row[name] for row in values])) for name in columns}
+    params["label_of"], params["label"] = _flattened(job.spec.labels for job in new)
+    params["key_of"], params["key"] = _flattened(job.spec.coalesce_keys for job in new)
+    if events:
+        for name in _EVENT_COLUMNS:
+            column = [event.get(name) for event in events]
+            params[name] = pg_array(_pg_times(column) if name == "at" else column)
+    statement = _pg_insert_jobs_sql(columns, conn.dialect, logged=bool(events))
+    return [row[0] for row in conn.exec_driver_sql(statement, params)]
+
+
+def _pg_column(name: str, values: list[Any]) -> list[Any]:
+    if name in _TIME_COLUMNS:
+        return _pg_times(values)
+    if name in _JSON_COLUMNS:
+        return [_json_strings(v) for v in values]
+    return values
+
+
+def _pg_times(values: list[datetime | None]) -> list[datetime | None]:
+    # A batch's rows mostly share one time object ("now"): convert it once.
+    converted: dict[int, datetime | None] = {}
+    out = []
+    for value in values:
+        key = id(value)
+        if key not in converted:
+            converted[key] = pg_time(value)
+        out.append(converted[key])
+    return out
+
+
+def _flattened(sets: Iterable[frozenset[str]]) -> tuple[str, str]:
+    """Each job's strings, sorted, beside the job's place in the batch (from 1): two
+    arrays."""
+    places: list[int] = []
+    items: list[str] = []
+    for place, strings in enumerate(sets, start=1):
+        for item in sorted(strings):
+            places.append(place)
+            items.append(item)
+    return pg_array(places), pg_array(items)
+
+
+@cache
+def _pg_insert_jobs_sql(columns: tuple[str, ...], dialect: Dialect, *, logged: bool) -> str:
+    # Each job's id is drawn beside its place in the batch, so the ids come back in the
+    # order given whatever order PostgreSQL inserts in; labels, keys and events find
+    # their job by its place. Only names from the table definitions are formatted in.
+    arrays = ", ".join(pg_array_of(_J[name], dialect) for name in columns)
+    log = ""
+    if logged:
+        event_arrays = ", ".join(pg_array_of(job_events.c[n], dialect) for n in _EVENT_COLUMNS)
+        log = f""", logged AS (
+        INSERT INTO job_events (job_id, {", ".join(_EVENT_COLUMNS)})
+        SELECT input.id, {", ".join(f"e.{n}" for n in _EVENT_COLUMNS)}
+        FROM unnest({event_arrays}) WITH ORDINALITY AS e({", ".join(_EVENT_COLUMNS)}, place)
+        JOIN input USING (place)
+        ORDER BY place
+    )"""  # noqa: S608
+    return f"""
+    WITH input AS MATERIALIZED (
+        SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS id, u.*
+        FROM unnest({arrays}) WITH ORDINALITY AS u({", ".join(columns)}, place)
+    ), made AS (
+        INSERT INTO jobs (id, {", ".join(columns)})
+        SELECT id, {", ".join(pg_value_of(_J[name]) for name in columns)} FROM input
+    ), labelled AS (
+        INSERT INTO job_labels (job_id, label)
+        SELECT input.id, l.label
+        FROM unnest(CAST(%(label_of)s AS BIGINT[]), CAST(%(label)s AS VARCHAR[]))
+             AS l(place, label)
+        JOIN input USING (place)
+    ), keyed AS (
+        INSERT INTO job_coalesce_keys (job_id, key)
+        SELECT input.id, k.key
+        FROM unnest(CAST(%(key_of)s AS BIGINT[]), CAST(%(key)s AS VARCHAR[]))
+             AS k(place, key)
+        JOIN input USING (place)
+    ){log}
+    SELECT id FROM input ORDER BY place
+    """  # noqa: S608
+
+
 def as_inserted(new: NewJob, job_id: int, now: datetime, *, flavor: str = "") -> Job:
     """The job :func:`insert_jobs` wrote, as :func:`get_job` would read it back, without
     the read: the defaults it filled in and times in UTC. ``flavor``: the name of the
@@ -374,10 +423,6 @@ def as_inserted(new: NewJob, job_id: int, now: datetime, *, flavor: str = "") ->
         finished_at=now.astimezone(UTC) if new.state.terminal else None,
         flavor=flavor,
     )
-
-
-# Built once: a statement object keeps its compiled form and cache key.
-_INSERT_JOBS = insert(jobs).returning(_J.id, sort_by_parameter_order=True)
 
 
 def job_id_by_idempotency_key(conn: Connection, key: str) -> int | None:
