@@ -25,6 +25,7 @@ from dispatcher.api.auth import AuthInterceptor
 from dispatcher.api.decoding import DecodingInterceptor
 from dispatcher.api.distributor import DistributorServicer
 from dispatcher.api.errors import ErrorMappingInterceptor
+from dispatcher.api.handlers import WrappingServer
 from dispatcher.api.metrics import RpcMetricsInterceptor
 from dispatcher.api.reflection import enable_reflection
 from dispatcher.api.scheduler import SchedulerServicer
@@ -254,16 +255,17 @@ async def create_server(
         recheck_seconds=settings.auth.stream_recheck_seconds,
     )
     max_bytes = settings.limits.max_message_bytes
-    server = grpc.aio.server(
-        # The first is outermost. Metrics count the status code the error mapping chose;
-        # auth's refusals and undecodable requests pass through the one error mapping;
-        # the token is checked before the request is looked at.
-        interceptors=[
-            RpcMetricsInterceptor(metrics),
-            ErrorMappingInterceptor(),
-            auth,
-            DecodingInterceptor(),
-        ],
+    # Every method's handler goes inside these layers, the first outermost. Metrics count
+    # the status code the error mapping chose; auth's refusals and undecodable requests
+    # pass through the one error mapping; the token is checked before the request is
+    # looked at.
+    layers = [
+        RpcMetricsInterceptor(metrics),
+        ErrorMappingInterceptor(),
+        auth,
+        DecodingInterceptor(),
+    ]
+    plain = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -276,6 +278,7 @@ async def create_server(
             ("grpc.http2.max_ping_strikes", 0),
         ],
     )
+    server = WrappingServer(plain, layers)
     identity = ServerIdentity(replica_id=replica_id, database=db.kind, started_at=clock.now())
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(

@@ -18,12 +18,13 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
 
 import grpc
 
+from dispatcher.api.handlers import MethodHandler, WrappingInterceptor, with_behavior
 from dispatcher.domain.errors import LimitExceeded, PermissionDenied, Unauthenticated
 from dispatcher.domain.tokens import Role, Token
 from dispatcher.lifecycle.tokens import Tokens
@@ -157,7 +158,7 @@ class _Streams:
 Handler = Callable[..., Any]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class AuthInterceptor(WrappingInterceptor):
     """Checks the token and its role before any servicer runs. Put it inside the
     ErrorMappingInterceptor, which turns its refusals into status codes."""
 
@@ -199,26 +200,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         secret = bearer_secret(context.invocation_metadata())
         return await self._tokens.verify(secret, lambda token: _check_role(method, token))
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or is_open(method):
+    def wrap(self, handler: MethodHandler, method: str) -> MethodHandler:
+        if is_open(method):
             return handler
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary, method))  # type: ignore[attr-defined,no-any-return]
-        if handler.stream_unary is not None:
-            return handler._replace(stream_unary=self._unary(handler.stream_unary, method))  # type: ignore[attr-defined,no-any-return]
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=self._streaming(handler.unary_stream, method))  # type: ignore[attr-defined,no-any-return]
-        if handler.stream_stream is not None:
-            return handler._replace(stream_stream=self._streaming(handler.stream_stream, method))  # type: ignore[attr-defined,no-any-return]
-        return handler
+        return with_behavior(
+            handler,
+            unary_response=lambda behavior: self._unary(behavior, method),
+            streaming_response=lambda behavior: self._streaming(behavior, method),
+        )
 
     def _unary(self, behavior: Handler, method: str) -> Handler:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

@@ -8,14 +8,14 @@ a runner's log tail may hold any output, and the stream's own rules apply to it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from dispatcher.api.handlers import MethodHandler, WrappingInterceptor
 from dispatcher.domain.errors import InvalidInput
 
 
@@ -98,18 +98,11 @@ def _stream_request(behavior: Handler) -> Handler:
     return wrapper
 
 
-class DecodingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class DecodingInterceptor(WrappingInterceptor):
     """Put it inside the ErrorMappingInterceptor (and the auth one)."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
+    def wrap(self, handler: MethodHandler, method: str) -> MethodHandler:
+        if handler.request_deserializer is None:
             return handler
         changes: dict[str, Any] = {
             "request_deserializer": _guard_deserializer(handler.request_deserializer)

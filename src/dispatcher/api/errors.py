@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
+from dispatcher.api.handlers import MethodHandler, WrappingInterceptor, with_behavior
 from dispatcher.domain import errors
 
 log = logging.getLogger(__name__)
@@ -74,24 +75,10 @@ def _wrap_streaming(behavior: Handler, method: str) -> Handler:
     return wrapper
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))  # type: ignore[attr-defined,no-any-return]
-        if handler.stream_unary is not None:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method))  # type: ignore[attr-defined,no-any-return]
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_wrap_streaming(handler.unary_stream, method))  # type: ignore[attr-defined,no-any-return]
-        if handler.stream_stream is not None:
-            return handler._replace(stream_stream=_wrap_streaming(handler.stream_stream, method))  # type: ignore[attr-defined,no-any-return]
-        return handler
+class ErrorMappingInterceptor(WrappingInterceptor):
+    def wrap(self, handler: MethodHandler, method: str) -> MethodHandler:
+        return with_behavior(
+            handler,
+            unary_response=lambda behavior: _wrap_unary(behavior, method),
+            streaming_response=lambda behavior: _wrap_streaming(behavior, method),
+        )

@@ -4,10 +4,12 @@ ErrorMappingInterceptor, so it sees the code the client sees."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import grpc
+
+from dispatcher.api.handlers import MethodHandler, WrappingInterceptor, with_behavior
 
 
 class RpcObserver(Protocol):
@@ -66,31 +68,18 @@ def _wrap_streaming(behavior: Handler, record: Callable[[str], None]) -> Handler
     return wrapper
 
 
-class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class RpcMetricsInterceptor(WrappingInterceptor):
     def __init__(self, observer: RpcObserver) -> None:
         self._observer = observer
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, method = _split(handler_call_details.method)
+    def wrap(self, handler: MethodHandler, method: str) -> MethodHandler:
+        service, name = _split(method)
 
         def record(code: str) -> None:
-            self._observer.rpc_handled(service, method, code)
+            self._observer.rpc_handled(service, name, code)
 
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, record))  # type: ignore[attr-defined,no-any-return]
-        if handler.stream_unary is not None:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, record))  # type: ignore[attr-defined,no-any-return]
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_wrap_streaming(handler.unary_stream, record))  # type: ignore[attr-defined,no-any-return]
-        if handler.stream_stream is not None:
-            return handler._replace(stream_stream=_wrap_streaming(handler.stream_stream, record))  # type: ignore[attr-defined,no-any-return]
-        return handler
+        return with_behavior(
+            handler,
+            unary_response=lambda behavior: _wrap_unary(behavior, record),
+            streaming_response=lambda behavior: _wrap_streaming(behavior, record),
+        )
