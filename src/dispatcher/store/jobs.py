@@ -386,21 +386,22 @@ def _pg_insert_jobs_sql(columns: tuple[str, ...], dialect: Dialect, *, logged: b
     ), made AS (
         INSERT INTO jobs (id, {", ".join(columns)})
         SELECT id, {", ".join(pg_value_of(_J[name]) for name in columns)} FROM input
-    ), labelled AS (
-        INSERT INTO job_labels (job_id, label)
-        SELECT input.id, l.label
-        FROM unnest(CAST(%(label_of)s AS BIGINT[]), CAST(%(label)s AS VARCHAR[]))
-             AS l(place, label)
-        JOIN input USING (place)
-    ), keyed AS (
-        INSERT INTO job_coalesce_keys (job_id, key)
-        SELECT input.id, k.key
-        FROM unnest(CAST(%(key_of)s AS BIGINT[]), CAST(%(key)s AS VARCHAR[]))
-             AS k(place, key)
-        JOIN input USING (place)
+    ), labelled AS ({_job_strings_insert("job_labels", "label")}
+    ), keyed AS ({_job_strings_insert("job_coalesce_keys", "key")}
     ){log}
     SELECT id FROM input ORDER BY place
     """  # noqa: S608
+
+
+def _job_strings_insert(table: str, column: str) -> str:
+    # A job's labels or keys: %(<column>_of)s holds each one's job by its place in the
+    # batch (see _flattened).
+    return f"""
+        INSERT INTO {table} (job_id, {column})
+        SELECT input.id, s.{column}
+        FROM unnest(CAST(%({column}_of)s AS BIGINT[]), CAST(%({column})s AS VARCHAR[]))
+             AS s(place, {column})
+        JOIN input USING (place)"""  # noqa: S608
 
 
 def as_inserted(new: NewJob, job_id: int, now: datetime, *, flavor: str = "") -> Job:
